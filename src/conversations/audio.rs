@@ -1,0 +1,184 @@
+//! Audio files: recognised by magic bytes, stored once per content hash, and analysed.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioFormat {
+    Wav,
+    WebM,
+    Ogg,
+    Mp3,
+    Flac,
+    Mp4,
+}
+
+impl AudioFormat {
+    /// Recognises the container from its first bytes; a file extension or a client's
+    /// Content-Type is never trusted.
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+        Some(if at(0, b"RIFF") && at(8, b"WAVE") {
+            Self::Wav
+        } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+            Self::WebM
+        } else if at(0, b"OggS") {
+            Self::Ogg
+        } else if at(0, b"fLaC") {
+            Self::Flac
+        } else if at(4, b"ftyp") {
+            Self::Mp4
+        } else if at(0, b"ID3") || (head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
+            Self::Mp3
+        } else {
+            return None;
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::WebM => "webm",
+            Self::Ogg => "ogg",
+            Self::Mp3 => "mp3",
+            Self::Flac => "flac",
+            Self::Mp4 => "mp4",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Wav => "audio/wav",
+            Self::WebM => "audio/webm",
+            Self::Ogg => "audio/ogg",
+            Self::Mp3 => "audio/mpeg",
+            Self::Flac => "audio/flac",
+            Self::Mp4 => "audio/mp4",
+        }
+    }
+}
+
+/// Content-addressed files under `<data-dir>/audio`: the same bytes are one file.
+#[derive(Debug, Clone)]
+pub struct AudioStore {
+    root: PathBuf,
+}
+
+impl AudioStore {
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let root = data_dir.join("audio");
+        std::fs::create_dir_all(root.join("incoming"))?;
+        Ok(Self { root })
+    }
+
+    /// Uploads stream here first, on the same file system, so moving them is a rename.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+
+    pub fn path_for(&self, sha256: &str) -> PathBuf {
+        self.root.join(&sha256[..2]).join(sha256)
+    }
+
+    /// Moves a finished upload to its content address; if those bytes are already stored
+    /// the upload is simply dropped.
+    pub fn keep(&self, incoming: &Path, sha256: &str) -> std::io::Result<PathBuf> {
+        let target = self.path_for(sha256);
+        if target.exists() {
+            std::fs::remove_file(incoming)?;
+        } else {
+            std::fs::create_dir_all(target.parent().expect("content paths have a parent"))?;
+            std::fs::rename(incoming, &target)?;
+        }
+        Ok(target)
+    }
+}
+
+/// 20 ms frames below this level count as silence.
+const SILENCE_DBFS: f64 = -50.0;
+
+/// The analysis stored with a file: full figures for WAV, format and size for the rest.
+pub fn analyse(path: &Path, format: AudioFormat, bytes: u64) -> Value {
+    let undecoded = |why: Option<String>| {
+        let mut value = json!({"format": format.name(), "bytes": bytes, "decoded": false});
+        if let Some(why) = why {
+            value["error"] = Value::String(why);
+        }
+        value
+    };
+    if format != AudioFormat::Wav {
+        return undecoded(None);
+    }
+    match analyse_wav(path) {
+        Ok(mut value) => {
+            value["bytes"] = json!(bytes);
+            value
+        }
+        Err(e) => undecoded(Some(e.to_string())),
+    }
+}
+
+fn analyse_wav(path: &Path) -> Result<Value, hound::Error> {
+    let mut reader = hound::WavReader::open(path)?;
+    let spec = reader.spec();
+    let samples: Vec<f64> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().map(|s| s.map(f64::from)).collect::<Result<_, _>>()?,
+        hound::SampleFormat::Int => {
+            let full_scale = (1_i64 << (spec.bits_per_sample - 1)) as f64;
+            reader.samples::<i32>().map(|s| s.map(|v| v as f64 / full_scale)).collect::<Result<_, _>>()?
+        }
+    };
+    let channels = usize::from(spec.channels.max(1));
+    let frames = samples.len() / channels;
+    let frame_len = ((spec.sample_rate as usize) / 50).max(1) * channels;
+    let chunks = samples.chunks(frame_len);
+    let chunk_count = chunks.len();
+    let silent_chunks = chunks.filter(|chunk| dbfs(rms(chunk)).is_none_or(|db| db < SILENCE_DBFS)).count();
+    // The largest integer value is one step short of full scale: count it as clipped too.
+    let clip_level = match spec.sample_format {
+        hound::SampleFormat::Float => 1.0,
+        hound::SampleFormat::Int => 1.0 - 1.0 / (1_i64 << (spec.bits_per_sample - 1)) as f64,
+    };
+    let peak = samples.iter().fold(0.0_f64, |m, s| m.max(s.abs()));
+    Ok(json!({
+        "format": "wav",
+        "decoded": true,
+        "sample_rate": spec.sample_rate,
+        "channels": spec.channels,
+        "bits_per_sample": spec.bits_per_sample,
+        "duration_ms": (frames as u64 * 1000) / u64::from(spec.sample_rate.max(1)),
+        "rms_dbfs": dbfs(rms(&samples)),
+        "peak_dbfs": dbfs(peak),
+        "silence_ratio": if chunk_count == 0 { 1.0 } else { silent_chunks as f64 / chunk_count as f64 },
+        "clipped_samples": samples.iter().filter(|s| s.abs() >= clip_level).count(),
+    }))
+}
+
+fn rms(samples: &[f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|s| s * s).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// Level in dBFS, rounded to 0.01 dB; `None` (JSON null) for digital silence, which has none.
+fn dbfs(level: f64) -> Option<f64> {
+    (level > 0.0).then(|| (20.0 * level.log10() * 100.0).round() / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_by_their_magic_bytes() {
+        assert_eq!(AudioFormat::sniff(b"RIFF\0\0\0\0WAVEfmt "), Some(AudioFormat::Wav));
+        assert_eq!(AudioFormat::sniff(&[0x1A, 0x45, 0xDF, 0xA3, 1]), Some(AudioFormat::WebM));
+        assert_eq!(AudioFormat::sniff(b"OggS\0"), Some(AudioFormat::Ogg));
+        assert_eq!(AudioFormat::sniff(b"fLaC\0"), Some(AudioFormat::Flac));
+        assert_eq!(AudioFormat::sniff(b"\0\0\0\x20ftypM4A "), Some(AudioFormat::Mp4));
+        assert_eq!(AudioFormat::sniff(b"ID3\x04"), Some(AudioFormat::Mp3));
+        assert_eq!(AudioFormat::sniff(b"hello, world"), None);
+        assert_eq!(AudioFormat::sniff(b""), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! The conversation resources as API.md §3 spells them, and the requests that write them.
+
+use crate::domain::{check_json_for_nul, optional_text, Patch, SessionId};
+use crate::error::{ApiError, FieldError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub const MAX_USER_ID_CHARS: usize = 256;
+pub const MAX_LANGUAGE_CHARS: usize = 35;
+pub const MAX_MESSAGES_PER_APPEND: usize = 50;
+
+/// A row of `conversations`, as the store reads it.
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub language: Option<String>,
+    pub transcript: Option<String>,
+    pub analysis: Option<Value>,
+    pub audio_id: Option<Uuid>,
+    pub message_count: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioFile {
+    pub id: Uuid,
+    pub sha256: String,
+    pub content_type: String,
+    pub bytes: i64,
+    pub url: String,
+    pub analysis: Value,
+}
+
+impl AudioFile {
+    pub fn url_for(id: Uuid) -> String {
+        format!("/api/audio/{id}")
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub language: Option<String>,
+    pub transcript: Option<String>,
+    pub analysis: Option<Value>,
+    pub audio: Option<AudioFile>,
+    pub message_count: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Conversation {
+    pub fn new(row: ConversationRow, audio: Option<AudioFile>) -> Self {
+        Self {
+            id: row.id,
+            session_id: row.session_id,
+            user_id: row.user_id,
+            language: row.language,
+            transcript: row.transcript,
+            analysis: row.analysis,
+            audio,
+            message_count: row.message_count,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+
+    pub fn location(&self) -> String {
+        format!("/api/conversations/{}", self.session_id)
+    }
+
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub conversation_id: Uuid,
+    #[serde(skip)]
+    pub seq: i64,
+    pub role: String,
+    pub text: String,
+    pub translation: Option<String>,
+    pub grammar_suggestion: Option<String>,
+    pub audio_id: Option<Uuid>,
+    pub phonemes: Option<Value>,
+    pub feedback: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn collect(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+fn check_user_and_language(errors: &mut Vec<FieldError>, user_id: Option<&str>, language: Option<&str>) {
+    errors.extend(optional_text("user_id", user_id, MAX_USER_ID_CHARS).err());
+    errors.extend(optional_text("language", language, MAX_LANGUAGE_CHARS).err());
+}
+
+/// `POST /api/conversations`: everything optional.
+#[derive(Debug, Deserialize, Default)]
+pub struct CreateConversationBody {
+    session_id: Option<String>,
+    user_id: Option<String>,
+    language: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct NewConversation {
+    /// `None`: the server makes one, and the request always inserts.
+    pub session_id: Option<SessionId>,
+    pub user_id: Option<String>,
+    pub language: Option<String>,
+}
+
+impl CreateConversationBody {
+    pub fn validate(self) -> Result<NewConversation, ApiError> {
+        let mut errors = Vec::new();
+        let session_id = match self.session_id.as_deref() {
+            None => None,
+            Some(raw) => SessionId::parse("session_id", raw).map_err(|e| errors.push(e)).ok(),
+        };
+        check_user_and_language(&mut errors, self.user_id.as_deref(), self.language.as_deref());
+        collect(errors)?;
+        Ok(NewConversation { session_id, user_id: self.user_id, language: self.language })
+    }
+}
+
+/// `POST /api/save-analysis`. Absent fields keep what is stored; present ones (even null) set.
+#[derive(Debug, Deserialize)]
+pub struct SaveAnalysisBody {
+    session_id: Option<String>,
+    #[serde(default, deserialize_with = "Patch::present")]
+    transcript: Patch<String>,
+    #[serde(default, deserialize_with = "Patch::present")]
+    analysis: Patch<Value>,
+    #[serde(default, deserialize_with = "Patch::present")]
+    language: Patch<String>,
+    #[serde(default, deserialize_with = "Patch::present")]
+    user_id: Patch<String>,
+}
+
+/// The one write both legacy steps perform, whoever comes first.
+#[derive(Debug, Clone)]
+pub struct AnalysisUpsert {
+    pub session_id: SessionId,
+    pub transcript: Patch<String>,
+    pub analysis: Patch<Value>,
+    pub language: Patch<String>,
+    pub user_id: Patch<String>,
+    pub audio_id: Patch<Uuid>,
+    /// From `If-Match`: update only if the stored version is this one.
+    pub expected_version: Option<Expected>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// `If-Match: *`: the conversation must exist.
+    Exists,
+    Version(i64),
+}
+
+/// Parses `If-Match`: `"3"`, `W/"3"`, `3` or `*`.
+pub fn parse_if_match(raw: Option<&str>) -> Result<Option<Expected>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(Some(Expected::Exists));
+    }
+    raw.trim_start_matches("W/").trim_matches('"').parse::<i64>().map(|v| Some(Expected::Version(v))).map_err(|_| {
+        ApiError::Malformed {
+            detail: "If-Match must be a version ETag such as \"3\"".into(),
+            field: Some("If-Match".into()),
+        }
+    })
+}
+
+pub fn check_analysis(errors: &mut Vec<FieldError>, analysis: Option<&Value>) {
+    match analysis {
+        Some(value @ Value::Object(_)) => errors.extend(check_json_for_nul("analysis", value).err()),
+        Some(_) => errors.push(FieldError::new("analysis", "must be a JSON object or null")),
+        None => {}
+    }
+}
+
+impl SaveAnalysisBody {
+    pub fn validate(self, expected_version: Option<Expected>) -> Result<AnalysisUpsert, ApiError> {
+        let mut errors = Vec::new();
+        let session_id = match self.session_id.as_deref() {
+            None => {
+                errors.push(FieldError::new(
+                    "session_id",
+                    "is required: save-analysis never invents one, a retried second step would orphan a duplicate",
+                ));
+                None
+            }
+            Some(raw) => SessionId::parse("session_id", raw).map_err(|e| errors.push(e)).ok(),
+        };
+        errors.extend(optional_text("transcript", self.transcript.value().map(String::as_str), usize::MAX).err());
+        check_analysis(&mut errors, self.analysis.value());
+        check_user_and_language(
+            &mut errors,
+            self.user_id.value().map(String::as_str),
+            self.language.value().map(String::as_str),
+        );
+        collect(errors)?;
+        Ok(AnalysisUpsert {
+            session_id: session_id.expect("errors were empty"),
+            transcript: self.transcript,
+            analysis: self.analysis,
+            language: self.language,
+            user_id: self.user_id,
+            audio_id: Patch::Keep,
+            expected_version,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AppendBody {
+    messages: Option<Vec<MessageBody>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageBody {
+    id: Option<Uuid>,
+    role: Option<String>,
+    text: Option<String>,
+    translation: Option<String>,
+    grammar_suggestion: Option<String>,
+    audio_id: Option<Uuid>,
+    phonemes: Option<Value>,
+    feedback: Option<Value>,
+}
+
+/// A message ready to append; `id` is the client's, or a fresh UUIDv7.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub role: String,
+    pub text: String,
+    pub translation: Option<String>,
+    pub grammar_suggestion: Option<String>,
+    pub audio_id: Option<Uuid>,
+    pub phonemes: Option<Value>,
+    pub feedback: Option<Value>,
+}
+
+impl AppendBody {
+    pub fn validate(self) -> Result<Vec<NewMessage>, ApiError> {
+        let Some(messages) = self.messages else {
+            return Err(ApiError::invalid("messages", "is required"));
+        };
+        if messages.is_empty() || messages.len() > MAX_MESSAGES_PER_APPEND {
+            return Err(ApiError::invalid("messages", "must hold 1 to 50 messages"));
+        }
+        let mut errors = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut valid = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            let field = |name: &str| format!("messages[{i}].{name}");
+            if let Some(id) = m.id {
+                if !seen.insert(id) {
+                    errors.push(FieldError::new(field("id"), "appears twice in this request"));
+                }
+            }
+            match m.role.as_deref() {
+                Some("user" | "bot") => {}
+                Some(_) => errors.push(FieldError::new(field("role"), "must be \"user\" or \"bot\"")),
+                None => errors.push(FieldError::new(field("role"), "is required")),
+            }
+            match m.text.as_deref() {
+                None => errors.push(FieldError::new(field("text"), "is required")),
+                Some(text) => errors.extend(optional_text(&field("text"), Some(text), usize::MAX).err()),
+            }
+            errors.extend(optional_text(&field("translation"), m.translation.as_deref(), usize::MAX).err());
+            errors
+                .extend(optional_text(&field("grammar_suggestion"), m.grammar_suggestion.as_deref(), usize::MAX).err());
+            if let (Some(role), Some(text)) = (m.role, m.text) {
+                valid.push(NewMessage {
+                    id: m.id.unwrap_or_else(Uuid::now_v7),
+                    role,
+                    text,
+                    translation: m.translation,
+                    grammar_suggestion: m.grammar_suggestion,
+                    audio_id: m.audio_id,
+                    phonemes: m.phonemes,
+                    feedback: m.feedback,
+                });
+            }
+        }
+        collect(errors)?;
+        Ok(valid)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Appended {
+    pub conversation: Conversation,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListConversationsQuery {
+    pub user_id: Option<String>,
+}

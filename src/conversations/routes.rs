@@ -1,0 +1,142 @@
+//! Thin handlers: parse, call one store function, shape the answer.
+
+use super::model::{
+    parse_if_match, AnalysisUpsert, AppendBody, Appended, Conversation, CreateConversationBody, ListConversationsQuery,
+    SaveAnalysisBody,
+};
+use super::{audio, store, upload};
+use crate::domain::{Patch, SessionId};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::idempotency::Writer;
+use crate::pagination::{page_request, PageQuery};
+use crate::reply::{Outcome, Reply};
+use crate::startup::AppState;
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use uuid::Uuid;
+
+fn conversation_reply(conversation: &Conversation, outcome: Outcome) -> Reply {
+    Reply::written(outcome, conversation, || conversation.location()).header(header::ETAG, conversation.etag())
+}
+
+/// A session id in a path that cannot exist is simply not found.
+fn path_session_id(raw: &str) -> ApiResult<SessionId> {
+    SessionId::parse("session_id", raw).map_err(|_| ApiError::NotFound("no conversation has this session_id".into()))
+}
+
+pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> ApiResult<HttpResponse> {
+    let new = body.0.validate()?;
+    let mut conn = writer.begin().await?;
+    let result = store::create_or_get(&mut conn, new).await;
+    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+}
+
+pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let session_id = path_session_id(&path)?;
+    let conversation = store::get(&mut *state.pool.acquire().await?, &session_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, conversation.etag())).json(conversation))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    filter: web::Query<ListConversationsQuery>,
+    page: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let page = page_request(&page)?;
+    let items = store::list(&mut *state.pool.acquire().await?, filter.user_id.as_deref(), page).await?;
+    Ok(HttpResponse::Ok().json(items))
+}
+
+pub async fn save_analysis(
+    req: HttpRequest,
+    writer: Writer,
+    body: JsonBody<SaveAnalysisBody>,
+) -> ApiResult<HttpResponse> {
+    let if_match = req.headers().get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("?"));
+    let input = body.0.validate(parse_if_match(if_match)?)?;
+    let mut conn = writer.begin().await?;
+    let result = store::upsert_analysis(&mut conn, &input).await;
+    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+}
+
+/// Stores and analyses the audio, transcribes it when STT is configured, then performs the
+/// same upsert as save-analysis. The slow part runs before a database connection is taken.
+pub async fn upload_audio(state: web::Data<AppState>, writer: Writer, form: Multipart) -> ApiResult<HttpResponse> {
+    let upload = upload::receive(form, &state.audio, state.max_upload_bytes).await?;
+    let received = upload.audio;
+    let (sha256, format, bytes) = (received.sha256.clone(), received.format, received.bytes);
+    let store_dir = state.audio.clone();
+    let (path, analysis) = web::block(move || {
+        let path = store_dir.keep(&received.file.into_path(), &received.sha256)?;
+        let analysis = audio::analyse(&path, format, bytes);
+        std::io::Result::Ok((path, analysis))
+    })
+    .await
+    .map_err(anyhow::Error::from)?
+    .map_err(anyhow::Error::from)?;
+    let transcript = match &state.stt {
+        Some(stt) => Some(stt.transcribe(&path, format.content_type(), upload.language.as_deref()).await?),
+        None => upload.transcript,
+    };
+    let set_if_given = |value: Option<String>| value.map_or(Patch::Keep, |v| Patch::Set(Some(v)));
+    let mut conn = writer.begin().await?;
+    let result = async {
+        let file = store::save_audio(&mut conn, &sha256, format.content_type(), bytes as i64, &analysis).await?;
+        let input = AnalysisUpsert {
+            session_id: upload.session_id.unwrap_or_else(SessionId::generate),
+            transcript: set_if_given(transcript),
+            analysis: Patch::Set(Some(upload.analysis.unwrap_or(analysis))),
+            language: set_if_given(upload.language),
+            user_id: set_if_given(upload.user_id),
+            audio_id: Patch::Set(Some(file.id)),
+            expected_version: None,
+        };
+        store::upsert_analysis(&mut conn, &input).await
+    }
+    .await;
+    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+}
+
+pub async fn append_messages(
+    path: web::Path<String>,
+    writer: Writer,
+    body: JsonBody<AppendBody>,
+) -> ApiResult<HttpResponse> {
+    let session_id = SessionId::parse("session_id", &path).map_err(|e| ApiError::Validation(vec![e]))?;
+    let messages = body.0.validate()?;
+    let mut conn = writer.begin().await?;
+    let result =
+        store::append_messages(&mut conn, &session_id, &messages).await.map(|(conversation, messages, outcome)| {
+            let location = format!("{}/messages", conversation.location());
+            Reply::written(outcome, &Appended { conversation, messages }, || location)
+        });
+    writer.finish(conn, result).await
+}
+
+pub async fn list_messages(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    page: web::Query<PageQuery>,
+) -> ApiResult<HttpResponse> {
+    let session_id = path_session_id(&path)?;
+    let page = page_request(&page)?;
+    let messages = store::list_messages(&mut *state.pool.acquire().await?, &session_id, page)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
+    Ok(HttpResponse::Ok().json(messages))
+}
+
+pub async fn get_audio(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let not_found = || ApiError::NotFound("no audio file has this id".into());
+    let id: Uuid = path.parse().map_err(|_| not_found())?;
+    let file = store::get_audio(&mut *state.pool.acquire().await?, id).await?.ok_or_else(not_found)?;
+    let bytes = tokio::fs::read(state.audio.path_for(&file.sha256)).await.map_err(|_| not_found())?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, file.content_type))
+        .insert_header((header::ETAG, format!("\"{}\"", file.sha256)))
+        .body(bytes))
+}

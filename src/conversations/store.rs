@@ -1,0 +1,322 @@
+//! All SQL of conversations, messages and audio files.
+
+use super::model::{
+    AnalysisUpsert, AudioFile, Conversation, ConversationRow, Expected, Message, NewConversation, NewMessage,
+};
+use crate::domain::SessionId;
+use crate::error::{ApiError, ApiResult};
+use crate::pagination::{Cursor, Page, PageRequest};
+use crate::reply::Outcome;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// Create-or-get. An existing conversation is returned as it is: no write, no new version.
+pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> ApiResult<(Conversation, Outcome)> {
+    let session_id = new.session_id.unwrap_or_else(SessionId::generate);
+    let inserted = sqlx::query_as!(
+        ConversationRow,
+        "INSERT INTO conversations (id, session_id, user_id, language) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (session_id) DO NOTHING
+         RETURNING *",
+        Uuid::now_v7(),
+        session_id.as_str(),
+        new.user_id,
+        new.language,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    // DO NOTHING waited for any concurrent inserter to commit, so the row is visible now.
+    let (row, outcome) = match inserted {
+        Some(row) => (row, Outcome::Inserted),
+        None => (find_row(conn, &session_id).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged),
+    };
+    Ok((with_audio(conn, row).await?, outcome))
+}
+
+/// The one write behind both steps of the legacy flow, save-analysis and upload-audio.
+///
+/// One statement: `INSERT ... ON CONFLICT (session_id) DO UPDATE`, whose `WHERE` skips the
+/// update when every given field already holds its value, so a repeat writes no row version
+/// and leaves `version` alone. With `If-Match` the stored version is checked under a row lock
+/// first, in the same transaction.
+pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+    let Some(expected) = input.expected_version else {
+        return upsert(conn, input).await;
+    };
+    let mut tx = conn.begin().await?;
+    let stored = sqlx::query_scalar!(
+        "SELECT version FROM conversations WHERE session_id = $1 FOR UPDATE",
+        input.session_id.as_str()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match (stored, expected) {
+        (None, _) => return Err(ApiError::VersionMismatch("If-Match: no conversation has this session_id".into())),
+        (Some(stored), Expected::Version(wanted)) if stored != wanted => {
+            return Err(ApiError::VersionMismatch(format!("If-Match: the stored version is {stored}, not {wanted}")))
+        }
+        _ => {}
+    }
+    let result = upsert(&mut tx, input).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+async fn upsert(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+    let written = sqlx::query_as!(
+        ConversationRow,
+        r#"INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, audio_id)
+           VALUES ($1, $2, $4, $6, $8, $10, $12)
+           ON CONFLICT (session_id) DO UPDATE SET
+               user_id    = CASE WHEN $3  THEN EXCLUDED.user_id    ELSE c.user_id    END,
+               language   = CASE WHEN $5  THEN EXCLUDED.language   ELSE c.language   END,
+               transcript = CASE WHEN $7  THEN EXCLUDED.transcript ELSE c.transcript END,
+               analysis   = CASE WHEN $9  THEN EXCLUDED.analysis   ELSE c.analysis   END,
+               audio_id   = CASE WHEN $11 THEN EXCLUDED.audio_id   ELSE c.audio_id   END,
+               version    = c.version + 1,
+               updated_at = now()
+           WHERE ($3  AND c.user_id    IS DISTINCT FROM EXCLUDED.user_id)
+              OR ($5  AND c.language   IS DISTINCT FROM EXCLUDED.language)
+              OR ($7  AND c.transcript IS DISTINCT FROM EXCLUDED.transcript)
+              OR ($9  AND c.analysis   IS DISTINCT FROM EXCLUDED.analysis)
+              OR ($11 AND c.audio_id   IS DISTINCT FROM EXCLUDED.audio_id)
+           RETURNING *"#,
+        Uuid::now_v7(),
+        input.session_id.as_str(),
+        input.user_id.is_set(),
+        input.user_id.value(),
+        input.language.is_set(),
+        input.language.value(),
+        input.transcript.is_set(),
+        input.transcript.value(),
+        input.analysis.is_set(),
+        input.analysis.value(),
+        input.audio_id.is_set(),
+        input.audio_id.value(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (row, outcome) = match written {
+        // Inserts start at version 1 and every update adds one, so a returned version 1 can
+        // only be this statement's insert.
+        Some(row) if row.version == 1 => (row, Outcome::Inserted),
+        Some(row) => (row, Outcome::Updated),
+        None => (find_row(conn, &input.session_id).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged),
+    };
+    Ok((with_audio(conn, row).await?, outcome))
+}
+
+pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> ApiResult<Option<Conversation>> {
+    match find_row(conn, session_id).await? {
+        Some(row) => Ok(Some(with_audio(conn, row).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn find_row(conn: &mut PgConnection, session_id: &SessionId) -> ApiResult<Option<ConversationRow>> {
+    Ok(sqlx::query_as!(ConversationRow, "SELECT * FROM conversations WHERE session_id = $1", session_id.as_str())
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Newest first, keyed on (created_at, id).
+pub async fn list(conn: &mut PgConnection, user_id: Option<&str>, page: PageRequest) -> ApiResult<Page<Conversation>> {
+    let after = page.after.map(|c| (DateTime::<Utc>::from_timestamp_micros(c.position), c.id));
+    let rows = sqlx::query_as!(
+        ConversationRow,
+        r#"SELECT * FROM conversations
+           WHERE ($1::text IS NULL OR user_id = $1)
+             AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+           ORDER BY created_at DESC, id DESC
+           LIMIT $4"#,
+        user_id,
+        after.and_then(|(at, _)| at),
+        after.map(|(_, id)| id),
+        page.fetch_limit(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let page = Page::from_rows(rows, page, |row| Cursor { position: row.created_at.timestamp_micros(), id: row.id });
+    let audio = audio_by_id(conn, page.items.iter().filter_map(|row| row.audio_id).collect()).await?;
+    Ok(page.map(|row| {
+        let file = row.audio_id.and_then(|id| audio.iter().find(|a| a.id == id).cloned());
+        Conversation::new(row, file)
+    }))
+}
+
+async fn with_audio(conn: &mut PgConnection, row: ConversationRow) -> ApiResult<Conversation> {
+    let audio = match row.audio_id {
+        Some(id) => audio_by_id(conn, vec![id]).await?.pop(),
+        None => None,
+    };
+    Ok(Conversation::new(row, audio))
+}
+
+async fn audio_by_id(conn: &mut PgConnection, ids: Vec<Uuid>) -> ApiResult<Vec<AudioFile>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows =
+        sqlx::query!("SELECT id, sha256, content_type, bytes, analysis FROM audio_files WHERE id = ANY($1)", &ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AudioFile {
+            id: r.id,
+            sha256: r.sha256,
+            content_type: r.content_type,
+            bytes: r.bytes,
+            url: AudioFile::url_for(r.id),
+            analysis: r.analysis,
+        })
+        .collect())
+}
+
+pub async fn get_audio(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<AudioFile>> {
+    Ok(audio_by_id(conn, vec![id]).await?.pop())
+}
+
+/// Catalogues a stored file once per content hash; a repeat returns the existing entry.
+pub async fn save_audio(
+    conn: &mut PgConnection,
+    sha256: &str,
+    content_type: &str,
+    bytes: i64,
+    analysis: &Value,
+) -> ApiResult<AudioFile> {
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO audio_files (id, sha256, content_type, bytes, analysis) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (sha256) DO NOTHING
+         RETURNING id",
+        Uuid::now_v7(),
+        sha256,
+        content_type,
+        bytes,
+        analysis,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let id = match inserted {
+        Some(id) => id,
+        None => sqlx::query_scalar!("SELECT id FROM audio_files WHERE sha256 = $1", sha256)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(ApiError::Conflict)?,
+    };
+    get_audio(conn, id).await?.ok_or(ApiError::Conflict)
+}
+
+/// Appends messages in one transaction and returns them as stored, in the request's order.
+///
+/// The conversation row is created if missing and locked, which serialises appends to one
+/// conversation: their `seq` values then follow commit order. Messages whose id is already
+/// stored are skipped (`ON CONFLICT (id) DO NOTHING`), which makes a retried append with
+/// client ids add nothing.
+pub async fn append_messages(
+    conn: &mut PgConnection,
+    session_id: &SessionId,
+    messages: &[NewMessage],
+) -> ApiResult<(Conversation, Vec<Message>, Outcome)> {
+    let mut tx = conn.begin().await?;
+    let (conversation_id, created) = lock_or_create(&mut tx, session_id).await?;
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+    let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+    let translations: Vec<Option<String>> = messages.iter().map(|m| m.translation.clone()).collect();
+    let suggestions: Vec<Option<String>> = messages.iter().map(|m| m.grammar_suggestion.clone()).collect();
+    let audio_ids: Vec<Option<Uuid>> = messages.iter().map(|m| m.audio_id).collect();
+    let phonemes: Vec<Option<Value>> = messages.iter().map(|m| m.phonemes.clone()).collect();
+    let feedback: Vec<Option<Value>> = messages.iter().map(|m| m.feedback.clone()).collect();
+    let updated = sqlx::query_as!(
+        ConversationRow,
+        r#"WITH added AS (
+               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion, audio_id, phonemes, feedback)
+               SELECT m.id, $1, m.role, m.text, m.translation, m.grammar_suggestion, m.audio_id, m.phonemes, m.feedback
+               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[])
+                    WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, audio_id, phonemes, feedback, ord)
+               ORDER BY m.ord
+               ON CONFLICT (id) DO NOTHING
+               RETURNING 1
+           )
+           UPDATE conversations
+           SET message_count = message_count + (SELECT count(*) FROM added),
+               version = version + CASE WHEN $10 THEN 0 ELSE 1 END,
+               updated_at = now()
+           WHERE id = $1 AND EXISTS (SELECT 1 FROM added)
+           RETURNING *"#,
+        conversation_id,
+        &ids,
+        &roles as &[&str],
+        &texts as &[&str],
+        &translations as &[Option<String>],
+        &suggestions as &[Option<String>],
+        &audio_ids as &[Option<Uuid>],
+        &phonemes as &[Option<Value>],
+        &feedback as &[Option<Value>],
+        created,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let mut stored =
+        sqlx::query_as!(Message, "SELECT * FROM messages WHERE id = ANY($1)", &ids).fetch_all(&mut *tx).await?;
+    if let Some(i) = stored.iter().position(|m| m.conversation_id != conversation_id) {
+        let index = ids.iter().position(|id| *id == stored[i].id).unwrap_or_default();
+        return Err(ApiError::invalid(format!("messages[{index}].id"), "is already used by another conversation"));
+    }
+    stored.sort_by_key(|m| ids.iter().position(|id| *id == m.id));
+    let outcome = if updated.is_some() { Outcome::Inserted } else { Outcome::Unchanged };
+    let row = match updated {
+        Some(row) => row,
+        None => find_row(&mut tx, session_id).await?.ok_or(ApiError::Conflict)?,
+    };
+    let conversation = with_audio(&mut tx, row).await?;
+    tx.commit().await?;
+    Ok((conversation, stored, outcome))
+}
+
+/// Returns the conversation's id with its row locked until commit, inserting it if missing.
+async fn lock_or_create(tx: &mut PgConnection, session_id: &SessionId) -> ApiResult<(Uuid, bool)> {
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO conversations (id, session_id) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING RETURNING id",
+        Uuid::now_v7(),
+        session_id.as_str()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = inserted {
+        return Ok((id, true));
+    }
+    let existing =
+        sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1 FOR UPDATE", session_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    existing.map(|id| (id, false)).ok_or(ApiError::Conflict)
+}
+
+/// Oldest first, keyed on `seq`. `None` when the conversation does not exist.
+pub async fn list_messages(
+    conn: &mut PgConnection,
+    session_id: &SessionId,
+    page: PageRequest,
+) -> ApiResult<Option<Page<Message>>> {
+    let Some(conversation_id) =
+        sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1", session_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query_as!(
+        Message,
+        "SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        conversation_id,
+        page.after.map_or(0, |c| c.position),
+        page.fetch_limit(),
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(Some(Page::from_rows(rows, page, |m| Cursor { position: m.seq, id: m.id })))
+}

@@ -1,0 +1,80 @@
+//! The database: where it is (a `DATABASE_URL` or our own cluster), the pool, migrations.
+
+pub mod cluster;
+
+use crate::cli::Settings;
+use anyhow::Context;
+use cluster::{Cluster, Durability};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use std::str::FromStr;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The database upsertd talks to, and the cluster behind it when upsertd runs its own.
+pub struct Database {
+    pub options: PgConnectOptions,
+    /// What an operator can paste into `psql`.
+    pub display: String,
+    cluster: Option<Cluster>,
+}
+
+pub const EMBEDDED_DATABASE: &str = "upsertd";
+
+impl Database {
+    /// Uses `DATABASE_URL` when given; otherwise starts (or reuses) the cluster in
+    /// `<data-dir>/postgres` and makes sure the `upsertd` database exists.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        if let Some(url) = settings.database_url.as_deref().filter(|u| !u.is_empty()) {
+            let options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
+            return Ok(Self { options, display: redact(url), cluster: None });
+        }
+        let data_dir = settings.data_dir.clone();
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start(&data_dir, Durability::Durable))
+            .await
+            .context("the cluster start task failed")??;
+        cluster.create_database(EMBEDDED_DATABASE).await?;
+        Ok(Self {
+            options: cluster.connect_options(EMBEDDED_DATABASE),
+            display: cluster.psql_command(EMBEDDED_DATABASE),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// A lazy pool: the server starts (and answers 503) even while the database is down, and
+    /// recovers by itself when it comes back.
+    pub fn pool(&self, settings: &Settings) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(settings.db_max_connections)
+            .acquire_timeout(settings.db_acquire_timeout.0)
+            .connect_lazy_with(self.options.clone().log_statements(tracing::log::LevelFilter::Trace))
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect_with(&self.options)
+            .await
+            .context("could not connect to the database to migrate it")?;
+        MIGRATOR.run(&mut conn).await.context("migrations failed")?;
+        conn.close().await.ok();
+        Ok(())
+    }
+
+    /// Stops the embedded cluster, if this process started one.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        match self.cluster {
+            Some(cluster) => tokio::task::spawn_blocking(move || cluster.stop()).await?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hides a password in a URL before it is printed.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,407 @@
+//! upsertd's own PostgreSQL cluster, for machines with PostgreSQL installed and no server set up.
+//!
+//! The cluster lives in `<data-dir>/postgres`, listens only on a Unix socket (no TCP port to
+//! collide with), and runs as a child process that dies with us: `postgres` is started from a
+//! keeper thread that lives as long as the child, with `PR_SET_PDEATHSIG`, so even a SIGKILLed
+//! upsertd takes its cluster down (a daemonised `pg_ctl start` would outlive it). As root,
+//! `initdb` and `postgres` run as the `postgres` OS user, which owns the folder.
+
+use anyhow::{anyhow, bail, Context};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A Unix socket path must fit in `sun_path` (108 bytes on Linux, with its NUL).
+const MAX_SOCKET_PATH: usize = 100;
+const PORT: u16 = 5432;
+const SUPERUSER: &str = "postgres";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a crash may lose committed data. The cluster behind `serve` holds real data; test
+/// clusters trade durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    Throwaway,
+}
+
+pub struct Cluster {
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    pid: i32,
+    exited: mpsc::Receiver<std::io::Result<ExitStatus>>,
+    stopped: bool,
+}
+
+/// The OS user the server processes run as: ourselves, or `postgres` when we are root.
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    switch: bool,
+}
+
+impl Cluster {
+    /// Starts the cluster in `<data_dir>/postgres`, creating it on first use. Blocking.
+    pub fn start(data_dir: &Path, durability: Durability) -> anyhow::Result<Self> {
+        let bindir = find_bindir()?;
+        fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let data_dir = data_dir.canonicalize()?;
+        let pgdata = data_dir.join("postgres");
+        let run_as = run_as()?;
+        prepare_pgdata(&pgdata, run_as)?;
+        if !pgdata.join("PG_VERSION").exists() {
+            initdb(&bindir, &pgdata, run_as, durability)?;
+        }
+        wait_for_previous_postmaster(&pgdata)?;
+        let socket_dir = socket_dir_for(&pgdata, run_as)?;
+        let log_path = data_dir.join("postgres.log");
+        let (pid, exited) = spawn_postgres(&bindir, &pgdata, &socket_dir, &log_path, run_as, durability)?;
+        let mut cluster = Self { pgdata, socket_dir, pid, exited, stopped: false };
+        if let Err(error) = cluster.wait_until_ready(&log_path) {
+            let _ = cluster.stop_inner();
+            return Err(error);
+        }
+        tracing::info!(pgdata = %cluster.pgdata.display(), "embedded PostgreSQL is ready");
+        Ok(cluster)
+    }
+
+    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(PORT)
+            .username(SUPERUSER)
+            .database(database)
+            .log_statements(tracing::log::LevelFilter::Trace)
+    }
+
+    /// The command an operator runs to look inside.
+    pub fn psql_command(&self, database: &str) -> String {
+        format!("psql 'host={} port={PORT} user={SUPERUSER} dbname={database}'", self.socket_dir.display())
+    }
+
+    /// A URL for tools that want one (sqlx-cli, pgbench via `psql -d`).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}", self.socket_dir.display())
+    }
+
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect_with(&self.connect_options("postgres")).await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+        if !exists {
+            // Two processes may race here; "already exists" (42P04) means the other one won.
+            if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
+                let duplicate = e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "42P04");
+                if !duplicate {
+                    return Err(e.into());
+                }
+            }
+        }
+        conn.close().await.ok();
+        Ok(())
+    }
+
+    fn wait_until_ready(&mut self, log_path: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(status) = self.exited.try_recv() {
+                self.stopped = true;
+                bail!(
+                    "PostgreSQL exited while starting ({}): {}; full log in {}",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    last_log_line(log_path),
+                    log_path.display()
+                );
+            }
+            // postmaster.pid's status line reads "ready" once connections are accepted.
+            let ready = fs::read_to_string(self.pgdata.join("postmaster.pid"))
+                .is_ok_and(|pid_file| pid_file.lines().any(|line| line.trim() == "ready"));
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown (SIGINT): open transactions roll back, committed data is on disk.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> anyhow::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        signal(self.pid, libc::SIGINT);
+        match self.exited.recv_timeout(STOP_TIMEOUT) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                signal(self.pid, libc::SIGQUIT);
+                let _ = self.exited.recv_timeout(Duration::from_secs(5));
+                Err(anyhow!("PostgreSQL did not stop within {STOP_TIMEOUT:?}; sent SIGQUIT"))
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop_inner() {
+            tracing::warn!(%error, "stopping the embedded cluster");
+        }
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// PATH first, then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
+fn find_bindir() -> anyhow::Result<PathBuf> {
+    let has_server = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file();
+    let from_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .find(|dir| has_server(dir));
+    let from_pg_config = || {
+        let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+        let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+        has_server(&dir).then_some(dir)
+    };
+    let newest_debian = || {
+        let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path().join("bin"))))
+            .filter(|(_, dir)| has_server(dir))
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, dir)| dir)
+    };
+    from_path.or_else(from_pg_config).or_else(newest_debian).ok_or_else(|| {
+        anyhow!(
+            "PostgreSQL server binaries (initdb, postgres) not found in PATH, `pg_config --bindir` \
+             or /usr/lib/postgresql/*/bin: install PostgreSQL (e.g. `apt install postgresql`) or set DATABASE_URL"
+        )
+    })
+}
+
+fn run_as() -> anyhow::Result<RunAs> {
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 {
+        return Ok(RunAs { uid: euid, gid: egid, switch: false });
+    }
+    let name = CString::new(SUPERUSER).expect("no NUL in a constant");
+    // SAFETY: getpwnam returns NULL or a pointer to a static record we copy from at once.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        bail!("running as root, but there is no `postgres` OS user to run PostgreSQL as: create one (apt install postgresql does) or set DATABASE_URL");
+    }
+    // SAFETY: checked non-null above.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(RunAs { uid, gid, switch: true })
+}
+
+/// Creates the folder (mode 0700, owned by the server's user) or checks that an existing one
+/// belongs to that user and that every parent lets it through.
+fn prepare_pgdata(pgdata: &Path, run_as: RunAs) -> anyhow::Result<()> {
+    if pgdata.exists() {
+        let owner = fs::metadata(pgdata)?.uid();
+        if owner != run_as.uid {
+            bail!(
+                "{} belongs to uid {owner}, not to uid {} that runs PostgreSQL: choose another --data-dir, or chown -R it",
+                pgdata.display(),
+                run_as.uid
+            );
+        }
+    } else {
+        fs::create_dir(pgdata).with_context(|| format!("cannot create {}", pgdata.display()))?;
+        fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))?;
+        if run_as.switch {
+            std::os::unix::fs::chown(pgdata, Some(run_as.uid), Some(run_as.gid))?;
+        }
+    }
+    if run_as.switch {
+        for ancestor in pgdata.ancestors().skip(1) {
+            let meta = fs::metadata(ancestor)?;
+            let mode = meta.mode();
+            let passable = mode & 0o001 != 0
+                || (meta.uid() == run_as.uid && mode & 0o100 != 0)
+                || (meta.gid() == run_as.gid && mode & 0o010 != 0);
+            if !passable {
+                bail!(
+                    "the postgres OS user cannot reach {}: {} is mode {:o}; choose a --data-dir outside it (e.g. under /var/lib or /tmp)",
+                    pgdata.display(),
+                    ancestor.display(),
+                    mode & 0o777
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn server_command(bindir: &Path, program: &str, run_as: RunAs) -> Command {
+    let mut command = Command::new(bindir.join(program));
+    command.current_dir("/").env_remove("PGDATA").env("LC_ALL", "C");
+    if run_as.switch {
+        command.uid(run_as.uid).gid(run_as.gid);
+    }
+    command
+}
+
+fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability) -> anyhow::Result<()> {
+    let mut command = server_command(bindir, "initdb", run_as);
+    command.arg("-D").arg(pgdata).args([
+        "-U",
+        SUPERUSER,
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-instructions",
+    ]);
+    if durability == Durability::Throwaway {
+        command.arg("--no-sync");
+    }
+    let out = command.output().context("could not run initdb")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "initdb {} failed: {}",
+            pgdata.display(),
+            stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output")
+        );
+    }
+    Ok(())
+}
+
+/// A killed upsertd's cluster gets SIGINT from the kernel and may still be shutting down;
+/// give it time, then treat a leftover postmaster.pid of a dead process as stale.
+fn wait_for_previous_postmaster(pgdata: &Path) -> anyhow::Result<()> {
+    let pid_file = pgdata.join("postmaster.pid");
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        let Ok(contents) = fs::read_to_string(&pid_file) else { return Ok(()) };
+        let Some(pid) = contents.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+            fs::remove_file(&pid_file).ok();
+            return Ok(());
+        };
+        if !process_alive(pid) {
+            fs::remove_file(&pid_file).ok();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "a PostgreSQL server (pid {pid}) is already running on {}: stop the other upsertd, or point DATABASE_URL at it",
+                pgdata.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The socket goes next to the data when the path fits, else into a short private folder.
+fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<PathBuf> {
+    let socket_name_len = format!("/.s.PGSQL.{PORT}").len();
+    if pgdata.as_os_str().len() + socket_name_len <= MAX_SOCKET_PATH {
+        return Ok(pgdata.to_owned());
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pgdata.hash(&mut hasher);
+    let dir = std::env::temp_dir().join(format!("upsertd-{:016x}", hasher.finish()));
+    fs::create_dir_all(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    if run_as.switch {
+        std::os::unix::fs::chown(&dir, Some(run_as.uid), Some(run_as.gid))?;
+    }
+    Ok(dir)
+}
+
+fn spawn_postgres(
+    bindir: &Path,
+    pgdata: &Path,
+    socket_dir: &Path,
+    log_path: &Path,
+    run_as: RunAs,
+    durability: Durability,
+) -> anyhow::Result<(i32, mpsc::Receiver<std::io::Result<ExitStatus>>)> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut command = server_command(bindir, "postgres", run_as);
+    command
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-k")
+        .arg(socket_dir)
+        .args(["-p", &PORT.to_string(), "-c", "listen_addresses=", "-c", "max_connections=300"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the terminal reaches upsertd, which drains its
+        // requests first and then stops the cluster itself.
+        .process_group(0);
+    if durability == Durability::Throwaway {
+        command.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+    }
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (pid_tx, pid_rx) = mpsc::channel();
+    let (exit_tx, exit_rx) = mpsc::channel();
+    // PDEATHSIG fires when the *thread* that forked the child ends, so the child is forked
+    // by a thread that lives exactly as long as the child does.
+    std::thread::Builder::new().name("postgres-keeper".into()).spawn(move || match command.spawn() {
+        Ok(mut child) => {
+            let _ = pid_tx.send(Ok(child.id() as i32));
+            let _ = exit_tx.send(child.wait());
+        }
+        Err(e) => {
+            let _ = pid_tx.send(Err(e));
+        }
+    })?;
+    let pid = pid_rx
+        .recv()
+        .context("the postgres keeper thread died")?
+        .with_context(|| format!("could not start {}", bindir.join("postgres").display()))?;
+    Ok((pid, exit_rx))
+}
+
+fn last_log_line(log_path: &Path) -> String {
+    fs::read_to_string(log_path)
+        .ok()
+        .and_then(|log| log.lines().rfind(|l| !l.trim().is_empty()).map(str::to_owned))
+        .unwrap_or_else(|| "no log output".into())
+}

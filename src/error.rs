@@ -1,0 +1,284 @@
+//! One error type for the HTTP layer, rendered as RFC 9457 problem documents.
+//!
+//! Store functions return [`ApiError`] directly: a database error is classified here once
+//! (outage, named constraint, anything else) so that no handler has to think about it, and a
+//! unique violation can never surface as a 500.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A field-level validation message; `field` is the JSON path of the offending value.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {detail}")]
+    Malformed { detail: String, field: Option<String> },
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("idempotency key in flight")]
+    IdempotencyKeyInFlight { retry_after_secs: u64 },
+    #[error("version mismatch: {0}")]
+    VersionMismatch(String),
+    #[error("conflicting concurrent write")]
+    Conflict,
+    #[error("payload too large (limit {limit} bytes)")]
+    PayloadTooLarge { limit: u64 },
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("unsupported audio: {0}")]
+    UnsupportedAudio(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    #[error("speech-to-text backend failed: {0}")]
+    SttFailed(String),
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        ApiError::Malformed { detail: detail.into(), field: None }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed { .. } => "malformed_request",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::IdempotencyKeyInFlight { .. } => "idempotency_key_in_flight",
+            ApiError::VersionMismatch(_) => "version_mismatch",
+            ApiError::Conflict => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::UnsupportedAudio(_) => "unsupported_audio",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::SttFailed(_) => "transcription_failed",
+            ApiError::DatabaseUnavailable(_) => "database_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// What the client may read. 5xx details stay in the log.
+    fn detail(&self) -> String {
+        match self {
+            ApiError::Malformed { detail, .. } => detail.clone(),
+            ApiError::InvalidIdempotencyKey(why) => format!("Idempotency-Key {why}"),
+            ApiError::Unauthorized => "send Authorization: Bearer <token>".into(),
+            ApiError::NotFound(what) => what.clone(),
+            ApiError::MethodNotAllowed => "this route does not accept that method".into(),
+            ApiError::IdempotencyKeyInFlight { .. } => {
+                "a request with this Idempotency-Key is still running; retry later".into()
+            }
+            ApiError::VersionMismatch(why) => why.clone(),
+            ApiError::Conflict => "a concurrent write got in the way; retry the request".into(),
+            ApiError::PayloadTooLarge { limit } => format!("the body exceeds {limit} bytes"),
+            ApiError::UnsupportedMediaType(why) | ApiError::UnsupportedAudio(why) => why.clone(),
+            ApiError::Validation(errors) => match errors.as_slice() {
+                [one] => format!("{}: {}", one.field, one.message),
+                _ => format!("{} fields are invalid", errors.len()),
+            },
+            ApiError::IdempotencyKeyReused => {
+                "this Idempotency-Key was used with a different method, path or body".into()
+            }
+            ApiError::SttFailed(_) => "the speech-to-text backend did not answer; retry".into(),
+            ApiError::DatabaseUnavailable(_) => "the database is unavailable; retry shortly".into(),
+            ApiError::Internal(_) => "internal error; see the server log".into(),
+        }
+    }
+
+    fn field_errors(&self) -> Option<Vec<FieldError>> {
+        match self {
+            ApiError::Validation(errors) => Some(errors.clone()),
+            ApiError::Malformed { field: Some(field), detail } => {
+                Some(vec![FieldError::new(field.clone(), detail.clone())])
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<FieldError>>,
+}
+
+fn problem_response(status: StatusCode, code: &str, detail: String, errors: Option<Vec<FieldError>>) -> HttpResponse {
+    let problem = Problem {
+        kind: format!("urn:upsertd:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        code,
+        errors,
+    };
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, PROBLEM_JSON))
+        .body(serde_json::to_vec(&problem).expect("a problem document always serialises"))
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed { .. } | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::IdempotencyKeyInFlight { .. } | ApiError::VersionMismatch(_) | ApiError::Conflict => {
+                StatusCode::CONFLICT
+            }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) | ApiError::UnsupportedAudio(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::SttFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = ?self, code = self.code(), "request failed");
+        }
+        let mut response = problem_response(status, self.code(), self.detail(), self.field_errors());
+        let retry_after = match self {
+            ApiError::IdempotencyKeyInFlight { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::DatabaseUnavailable(_) | ApiError::Conflict => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Maps a named constraint to the request field it guards, so that a row a CHECK or foreign
+/// key rejects becomes a 422 that names the field instead of a 500.
+fn constraint_field(constraint: &str) -> Option<&'static str> {
+    Some(match constraint {
+        "conversations_session_id_format" => "session_id",
+        "conversations_audio_id_fkey" => "audio_id",
+        "messages_audio_id_fkey" => "messages[].audio_id",
+        "messages_role_is_user_or_bot" => "messages[].role",
+        "chats_has_2_to_32_participants" => "participants",
+        _ if constraint.starts_with("participations_") && constraint.ends_with("_not_negative") => "counter",
+        _ => return None,
+    })
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
+                ApiError::DatabaseUnavailable(error.to_string())
+            }
+            E::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
+                    c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                        ApiError::DatabaseUnavailable(error.to_string())
+                    }
+                    // A unique violation or a lost serialisation race means "someone else got
+                    // there first": the request is safe to retry, and is never a 500.
+                    "23505" | "40001" | "40P01" => {
+                        tracing::warn!(error = %db, "unexpected write conflict");
+                        ApiError::Conflict
+                    }
+                    "23503" | "23514" | "22001" => match db.constraint().and_then(constraint_field) {
+                        Some(field) => {
+                            ApiError::invalid(field, "rejected by the database: out of range or unknown reference")
+                        }
+                        None => ApiError::Internal(anyhow::Error::new(error)),
+                    },
+                    _ => ApiError::Internal(anyhow::Error::new(error)),
+                }
+            }
+            _ => ApiError::Internal(anyhow::Error::new(error)),
+        }
+    }
+}
+
+/// Stable code for a status that actix (routing, extractors, limits) answered by itself.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "malformed_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "validation_failed",
+        503 => "database_unavailable",
+        _ => "internal",
+    }
+}
+
+/// Rewrites every error response that is not already a problem document (404 for unknown
+/// routes, 405, extractor rejections) into one, so clients see a single error shape.
+pub fn problem_fallback<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let already_problem =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
+    if already_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let detail = match status.as_u16() {
+        404 => "no such route or resource".to_string(),
+        405 => "this route does not accept that method".to_string(),
+        s if s >= 500 => "internal error; see the server log".to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let (req, _) = res.into_parts();
+    let response = problem_response(status, code_for_status(status), detail, None);
+    let res = ServiceResponse::new(req, response.map_into_boxed_body()).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(res))
+}

@@ -1,0 +1,123 @@
+//! The JSON body extractor every write uses: size limit while reading (413), content type
+//! (415), "is it JSON, is it an object, does it fit the types" (400 naming the field), and no
+//! NUL anywhere (422) - in that order, so each mistake gets the code API.md gives it.
+
+use crate::domain::check_json_for_nul;
+use crate::error::ApiError;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest};
+use bytes::BytesMut;
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Default JSON body limit; `--max-json-bytes` changes it through [`JsonLimit`] app data.
+pub const DEFAULT_JSON_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct JsonLimit(pub usize);
+
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req.app_data::<JsonLimit>().map_or(DEFAULT_JSON_LIMIT, |l| l.0);
+        let content_type = check_json_content_type(req);
+        let declared = declared_length(req);
+        let mut payload = payload.take();
+        Box::pin(async move {
+            content_type?;
+            if declared.is_some_and(|len| len > limit) {
+                return Err(ApiError::PayloadTooLarge { limit: limit as u64 });
+            }
+            let body = read_limited(&mut payload, limit).await?;
+            parse_object(&body).map(JsonBody)
+        })
+    }
+}
+
+fn declared_length(req: &HttpRequest) -> Option<usize> {
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A missing Content-Type is accepted (legacy clients omit it); a different one is not.
+fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else { return Ok(()) };
+    let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!("send the body as application/json, not {essence:?}")))
+    }
+}
+
+pub async fn read_limited(payload: &mut Payload, limit: usize) -> Result<BytesMut, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::malformed(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit: limit as u64 });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Parses a body that must be a JSON object; an empty body counts as `{}`.
+pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(ApiError::malformed("the body must be a JSON object"));
+    }
+    check_json_for_nul("body", &value).map_err(|mut e| {
+        e.field = e.field.trim_start_matches("body.").to_owned();
+        ApiError::Validation(vec![e])
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::Malformed { detail: format!("{field}: {}", e.inner()), field: Some(field) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        session_id: Option<String>,
+    }
+
+    fn code(err: ApiError) -> String {
+        use actix_web::ResponseError;
+        err.status_code().as_u16().to_string()
+    }
+
+    #[test]
+    fn wrong_shapes_are_400_and_name_the_field() {
+        let err = parse_object::<Body>(br#"{"session_id": 5}"#).unwrap_err();
+        match &err {
+            ApiError::Malformed { field, .. } => assert_eq!(field.as_deref(), Some("session_id")),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+        assert_eq!(code(parse_object::<Body>(b"[1]").unwrap_err()), "400");
+        assert_eq!(code(parse_object::<Body>(b"{nope").unwrap_err()), "400");
+    }
+
+    #[test]
+    fn nul_is_422_and_empty_is_an_empty_object() {
+        assert_eq!(code(parse_object::<Body>(br#"{"session_id": "a\u0000"}"#).unwrap_err()), "422");
+        assert!(parse_object::<Body>(b"  ").unwrap().session_id.is_none());
+    }
+}

@@ -1,0 +1,14 @@
+//! upsertd: writes that are safe to repeat. See README.md for the tour and the code map.
+
+pub mod cli;
+pub mod conversations;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod ops;
+pub mod pagination;
+pub mod reply;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+//! What operators use: health checks (and, as they land, metrics, audit and import).
+
+pub mod health;

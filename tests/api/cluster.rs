@@ -1,0 +1,96 @@
+//! The binary with no DATABASE_URL runs its own PostgreSQL, keeps data across restarts and
+//! leaves no server process behind.
+
+use crate::helpers::scratch_dir;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `upsertd serve` on its own cluster in `data_dir` and waits until it answers.
+pub async fn start_binary(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_upsertd"));
+    command
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the upsertd binary starts");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("upsertd exited during start: {status}");
+        }
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok_and(|r| r.status() == 200);
+        if ready {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "upsertd did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn postgres_processes_for(data_dir: &Path) -> usize {
+    let needle = data_dir.join("postgres");
+    let needle = needle.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let cmdline = String::from_utf8_lossy(cmdline);
+            cmdline.starts_with(['/', 'p']) && cmdline.contains("postgres") && cmdline.contains(needle)
+        })
+        .count()
+}
+
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+#[tokio::test]
+async fn the_embedded_cluster_keeps_data_across_restarts_and_leaves_nothing_running() {
+    let data_dir = scratch_dir(&format!("binary-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let mut server = start_binary(&data_dir, port, &[]).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("http://127.0.0.1:{port}/api/save-analysis"))
+        .json(&json!({"session_id": "survivor", "transcript": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(terminate(&mut server).success(), "SIGTERM exits 0");
+    assert_eq!(postgres_processes_for(&data_dir), 0, "no postgres process is left behind");
+
+    let mut server = start_binary(&data_dir, port, &[]).await;
+    let fetched: Value = reqwest::get(format!("http://127.0.0.1:{port}/api/conversations/survivor"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["transcript"], "still here", "the row survived the restart");
+
+    // A SIGKILLed upsertd cannot stop its cluster itself; the cluster must follow it anyway.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_processes_for(&data_dir) > 0 {
+        assert!(Instant::now() < deadline, "postgres outlived a killed upsertd");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

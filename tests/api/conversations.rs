@@ -1,0 +1,194 @@
+use crate::helpers::{assert_problem, TestApp};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn upload_then_save_analysis_make_one_conversation() {
+    let app = TestApp::spawn().await;
+    let wav = crate::upload::sine_wav(16_000, 1, 0.5, 0.25);
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", "legacy-1")
+        .text("transcript", "ni hao")
+        .part("audio", reqwest::multipart::Part::bytes(wav).file_name("a.wav"));
+    let first = app.upload_audio(form).await;
+    assert_eq!(first.status(), 201, "the first step inserts");
+    let second = app.save_analysis(json!({"session_id": "legacy-1", "analysis": {"score": 7}})).await;
+    assert_eq!(second.status(), 200, "the second step updates the same conversation");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["transcript"], "ni hao", "an absent transcript keeps the stored one");
+    assert_eq!(body["analysis"], json!({"score": 7}));
+    assert_eq!(body["audio"]["content_type"], "audio/wav", "the audio reference survives the second step");
+    assert_eq!(body["version"], 2);
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+}
+
+#[tokio::test]
+async fn save_analysis_then_upload_make_one_conversation() {
+    let app = TestApp::spawn().await;
+    let first = app.save_analysis(json!({"session_id": "legacy-2", "transcript": "typed"})).await;
+    assert_eq!(first.status(), 201);
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", "legacy-2")
+        .part("audio", reqwest::multipart::Part::bytes(crate::upload::sine_wav(8_000, 1, 0.2, 0.5)));
+    let second = app.upload_audio(form).await;
+    assert_eq!(second.status(), 200, "the upload finds the conversation save-analysis made");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["transcript"], "typed", "no STT and no transcript part: the stored transcript stays");
+    assert_eq!(body["analysis"]["format"], "wav", "without an analysis part the audio's analysis is stored");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+}
+
+#[tokio::test]
+async fn each_step_repeated_is_unchanged_and_writes_no_row_version() {
+    let app = TestApp::spawn().await;
+    let body = json!({"session_id": "again", "transcript": "t", "analysis": {"a": [1, 2]}, "language": "zh"});
+    assert_eq!(app.save_analysis(&body).await.status(), 201);
+    let xmin_before: String =
+        sqlx::query_scalar("SELECT xmin::text FROM conversations").fetch_one(&app.pool).await.unwrap();
+    for _ in 0..3 {
+        let repeat = app.save_analysis(&body).await;
+        assert_eq!(repeat.status(), 200);
+        assert_eq!(repeat.headers()["upsert-outcome"], "unchanged");
+        assert_eq!(repeat.headers()["etag"], "\"1\"");
+    }
+    let xmin_after: String =
+        sqlx::query_scalar("SELECT xmin::text FROM conversations").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(xmin_before, xmin_after, "an unchanged repeat must not write a new row version");
+
+    let wav = crate::upload::sine_wav(16_000, 1, 0.3, 0.5);
+    let upload = || {
+        reqwest::multipart::Form::new()
+            .text("session_id", "again")
+            .part("audio", reqwest::multipart::Part::bytes(wav.clone()))
+    };
+    assert_eq!(app.upload_audio(upload()).await.headers()["upsert-outcome"], "updated");
+    assert_eq!(app.upload_audio(upload()).await.headers()["upsert-outcome"], "unchanged");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_save_analysis_insert_once() {
+    let app = TestApp::spawn().await;
+    let started = std::time::Instant::now();
+    let results = app
+        .concurrently(200, 64, |i| {
+            app.save_analysis(json!({"session_id": "storm", "transcript": format!("t{}", i % 2)}))
+        })
+        .await;
+    let created = results.iter().filter(|(s, _)| *s == 201).count();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let server_errors = results.iter().filter(|(s, _)| s.is_server_error()).count();
+    eprintln!("200 concurrent save-analysis took {:?}", started.elapsed());
+    assert_eq!((created, ok, server_errors), (1, 199, 0), "one insert, the rest updates, no 5xx");
+    let ids: std::collections::HashSet<_> = results.iter().map(|(_, body)| body["id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "every answer is the same conversation");
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id = 'storm'").await, 1);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_creates_with_one_session_id_insert_once() {
+    let app = TestApp::spawn().await;
+    let results = app.concurrently(200, 64, |_| app.create_conversation(json!({"session_id": "tabs"}))).await;
+    let created = results.iter().filter(|(s, _)| *s == 201).count();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!((created, ok), (1, 199), "one 201, every other answer 200");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+}
+
+#[tokio::test]
+async fn create_without_session_id_makes_one_and_repeats_are_unchanged() {
+    let app = TestApp::spawn().await;
+    let response = app.create_conversation(json!({"user_id": "u1"})).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    let session_id = body["session_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(session_id).is_ok(), "the server makes a UUID session id");
+    assert_eq!(location, format!("/api/conversations/{session_id}"));
+    let again = app.create_conversation(json!({"session_id": session_id, "user_id": "someone else"})).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["upsert-outcome"], "unchanged");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["user_id"], "u1", "create-or-get returns the existing conversation unchanged");
+    let fetched: Value = app.get_conversation(session_id).await.json().await.unwrap();
+    assert_eq!(fetched["id"], body["id"]);
+}
+
+#[tokio::test]
+async fn absent_fields_keep_and_null_clears() {
+    let app = TestApp::spawn().await;
+    app.save_analysis(
+        json!({"session_id": "m", "transcript": "t", "language": "en", "user_id": "u", "analysis": {"x": 1}}),
+    )
+    .await;
+    let kept: Value = app.save_analysis(json!({"session_id": "m", "language": "fr"})).await.json().await.unwrap();
+    assert_eq!((kept["transcript"].as_str(), kept["language"].as_str()), (Some("t"), Some("fr")));
+    assert_eq!(kept["analysis"], json!({"x": 1}));
+    let cleared: Value =
+        app.save_analysis(json!({"session_id": "m", "transcript": null, "analysis": null})).await.json().await.unwrap();
+    assert_eq!(cleared["transcript"], Value::Null, "an explicit null clears");
+    assert_eq!(cleared["analysis"], Value::Null);
+    assert_eq!(cleared["user_id"], "u");
+    let replaced: Value =
+        app.save_analysis(json!({"session_id": "m", "analysis": {"y": 2}})).await.json().await.unwrap();
+    assert_eq!(replaced["analysis"], json!({"y": 2}), "analysis is replaced whole, not merged");
+    assert_eq!(replaced["version"], 4);
+}
+
+#[tokio::test]
+async fn if_match_writes_on_match_and_409s_on_mismatch_writing_nothing() {
+    let app = TestApp::spawn().await;
+    app.save_analysis(json!({"session_id": "v", "transcript": "one"})).await;
+    let send = |version: &str, transcript: &str| {
+        app.client
+            .post(app.url("/api/save-analysis"))
+            .header("if-match", version)
+            .json(&json!({"session_id": "v", "transcript": transcript}))
+            .send()
+    };
+    let matched = send("\"1\"", "two").await.unwrap();
+    assert_eq!(matched.status(), 200);
+    assert_eq!(matched.headers()["etag"], "\"2\"");
+    let stale = send("\"1\"", "three").await.unwrap();
+    assert_problem(stale, 409, "version_mismatch").await;
+    let stored: Value = app.get_conversation("v").await.json().await.unwrap();
+    assert_eq!(
+        (stored["transcript"].as_str(), stored["version"].as_i64()),
+        (Some("two"), Some(2)),
+        "nothing written on mismatch"
+    );
+    let missing = app
+        .client
+        .post(app.url("/api/save-analysis"))
+        .header("if-match", "\"1\"")
+        .json(&json!({"session_id": "nobody"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(missing, 409, "version_mismatch").await;
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id = 'nobody'").await, 0);
+}
+
+#[tokio::test]
+async fn conversations_list_newest_first_across_pages() {
+    let app = TestApp::spawn().await;
+    for i in 0..7 {
+        app.create_conversation(json!({"session_id": format!("s{i}"), "user_id": "pager"})).await;
+    }
+    app.create_conversation(json!({"session_id": "other", "user_id": "someone"})).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("/api/conversations?user_id=pager&limit=3&cursor={c}"),
+            None => "/api/conversations?user_id=pager&limit=3".into(),
+        };
+        let page: Value = app.get(&query).await.json().await.unwrap();
+        seen.extend(page["items"].as_array().unwrap().iter().map(|c| c["session_id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..7).rev().map(|i| format!("s{i}")).collect();
+    assert_eq!(seen, expected, "every conversation once, newest first");
+}

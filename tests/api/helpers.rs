@@ -1,0 +1,206 @@
+use futures_util::{stream, StreamExt};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::borrow::Borrow;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use upsertd::cli::Settings;
+use upsertd::db::cluster::{Cluster, Durability};
+use upsertd::startup::Application;
+use uuid::Uuid;
+
+const TEMPLATE: &str = "upsertd_test_template";
+const TEST_DB_PREFIX: &str = "upsertd_test_";
+
+/// The PostgreSQL server all tests of this process share; each test gets its own database.
+struct TestServer {
+    admin: PgConnectOptions,
+    _cluster: std::sync::Mutex<Option<Cluster>>,
+}
+
+static SERVER: OnceLock<TestServer> = OnceLock::new();
+
+fn server() -> &'static TestServer {
+    // Set up once, on a thread of its own: each #[tokio::test] has its own runtime, and a
+    // connection must not outlive the runtime it was made on.
+    SERVER.get_or_init(|| {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(TestServer::start())
+        })
+        .join()
+        .expect("test database setup panicked")
+    })
+}
+
+/// A folder the `postgres` OS user can reach even when the checkout lives under /root.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    env!("CARGO_TARGET_TMPDIR").hash(&mut hasher);
+    std::env::temp_dir().join(format!("upsertd-tests-{:x}", hasher.finish())).join(name)
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let (admin, cluster) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            Some(url) => (PgConnectOptions::from_str(&url).expect("DATABASE_URL parses").database("postgres"), None),
+            None => {
+                let cluster = Cluster::start(&scratch_dir("cluster"), Durability::Throwaway)
+                    .unwrap_or_else(|e| panic!("cannot start the test cluster: {e:#}"));
+                (cluster.connect_options("postgres"), Some(cluster))
+            }
+        };
+        let mut conn = PgConnection::connect_with(&admin).await.expect("connect to the test server");
+        let leftovers: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'upsertd\\_test\\_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        for name in leftovers {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await.unwrap();
+        }
+        sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&mut conn).await.unwrap();
+        let mut template = PgConnection::connect_with(&admin.clone().database(TEMPLATE)).await.unwrap();
+        upsertd::db::MIGRATOR.run(&mut template).await.expect("migrations apply to a fresh database");
+        template.close().await.unwrap();
+        conn.close().await.unwrap();
+        Self { admin, _cluster: std::sync::Mutex::new(cluster) }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub data_dir: PathBuf,
+    db_name: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// `flags` are extra command-line settings, e.g. `["--max-upload-bytes", "1000"]`.
+    pub async fn spawn_with(flags: &[&str]) -> Self {
+        let server = server();
+        let db_name = format!("{TEST_DB_PREFIX}{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&server.admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {db_name} TEMPLATE {TEMPLATE}")).execute(&mut admin).await.unwrap();
+        admin.close().await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(server.admin.clone().database(&db_name))
+            .await
+            .unwrap();
+        let data_dir = scratch_dir(&format!("apps/{db_name}"));
+        let data_dir_flag = data_dir.to_str().unwrap().to_owned();
+        let mut args = vec!["--bind", "127.0.0.1:0", "--workers", "2", "--data-dir", &data_dir_flag];
+        args.extend_from_slice(flags);
+        let app = Application::build(&Settings::from_args(args), pool.clone()).expect("the app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        Self { address, client: reqwest::Client::new(), pool, data_dir, db_name, handle }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: impl Borrow<Value>) -> Response {
+        self.client.post(self.url(path)).json(body.borrow()).send().await.expect("request reaches the server")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request reaches the server")
+    }
+
+    pub async fn save_analysis(&self, body: impl Borrow<Value>) -> Response {
+        self.post_json("/api/save-analysis", body).await
+    }
+
+    pub async fn create_conversation(&self, body: impl Borrow<Value>) -> Response {
+        self.post_json("/api/conversations", body).await
+    }
+
+    pub async fn get_conversation(&self, session_id: &str) -> Response {
+        self.get(&format!("/api/conversations/{session_id}")).await
+    }
+
+    pub async fn append_messages(&self, session_id: &str, body: impl Borrow<Value>) -> Response {
+        self.post_json(&format!("/api/conversations/{session_id}/messages"), body).await
+    }
+
+    pub async fn upload_audio(&self, form: reqwest::multipart::Form) -> Response {
+        self.client
+            .post(self.url("/api/upload-audio"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request reaches the server")
+    }
+
+    /// Sends `n` requests, `concurrency` at a time, and returns (status, body) of each.
+    pub async fn concurrently<F, Fut>(&self, n: usize, concurrency: usize, request: F) -> Vec<(StatusCode, Value)>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
+        stream::iter(0..n)
+            .map(|i| {
+                let sent = request(i);
+                async move {
+                    let response = sent.await;
+                    let status = response.status();
+                    (status, response.json::<Value>().await.unwrap_or(Value::Null))
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query runs")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // The stop command is sent when called; awaiting its completion is not needed here.
+        drop(self.handle.stop(false));
+        let admin = server().admin.clone();
+        let db_name = self.db_name.clone();
+        let data_dir = self.data_dir.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+            let _ = std::fs::remove_dir_all(data_dir);
+        })
+        .join();
+    }
+}
+
+/// Asserts status and stable `code` of a problem document.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status for expected {code}");
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "problem body: {body}");
+    assert_eq!(body["status"], status);
+    body
+}
