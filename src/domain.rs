@@ -1,7 +1,13 @@
 //! Values parsed at the edge: once a handler holds one of these, it is valid.
 
+mod money;
+mod participants;
 mod session_id;
 mod text;
+mod token;
 
+pub use money::Money;
+pub use participants::{ParticipantId, ParticipantsKey};
 pub use session_id::SessionId;
 pub use text::{check_json_for_nul, optional_text, Patch};
+pub use token::BrowserSourceToken;

@@ -1,5 +1,6 @@
 //! upsertd: writes that are safe to repeat. See README.md for the tour and the code map.
 
+pub mod chats;
 pub mod cli;
 pub mod conversations;
 pub mod db;
@@ -9,6 +10,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod ops;
 pub mod pagination;
+pub mod participations;
 pub mod reply;
 pub mod startup;
 pub mod telemetry;

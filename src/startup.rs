@@ -1,5 +1,6 @@
 //! Builds the application: shared state, every route in one table, and the HTTP server.
 
+use crate::chats::routes as chats;
 use crate::cli::Settings;
 use crate::conversations::audio::AudioStore;
 use crate::conversations::routes as conversations;
@@ -7,6 +8,7 @@ use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonLimit;
 use crate::ops::health;
+use crate::participations::routes as participations;
 use actix_web::dev::Server;
 use actix_web::middleware::ErrorHandlers;
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -19,6 +21,8 @@ pub struct AppState {
     pub audio: AudioStore,
     pub stt: Option<Stt>,
     pub max_upload_bytes: u64,
+    /// Origin of the URLs handed out (tracking, QR code), without a trailing slash.
+    pub public_base_url: String,
 }
 
 pub struct Application {
@@ -40,6 +44,12 @@ impl Application {
                 .clone()
                 .map(|url| Stt::new(url, settings.stt_api_key.clone(), settings.stt_model.clone())),
             max_upload_bytes: settings.max_upload_bytes,
+            public_base_url: settings
+                .public_base_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{address}"))
+                .trim_end_matches('/')
+                .to_owned(),
         });
         let json_limit = JsonLimit(settings.max_json_bytes);
         let mut server = HttpServer::new(move || {
@@ -77,40 +87,36 @@ impl Application {
     }
 }
 
-/// 405 for a known path with a method it does not take.
-fn method_not_allowed() -> actix_web::Route {
-    web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) })
+/// A route path; methods it does not list answer 405.
+fn at(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) }))
 }
 
 /// Every route the service answers, in one place.
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz)).route("/readyz", web::get().to(health::readyz)).service(
+    cfg.service(at("/healthz").get(health::healthz)).service(at("/readyz").get(health::readyz)).service(
         web::scope("/api")
+            .service(at("/conversations").post(conversations::create).get(conversations::list))
+            .service(at("/conversations/{session_id}").get(conversations::get))
             .service(
-                web::resource("/conversations")
-                    .post(conversations::create)
-                    .get(conversations::list)
-                    .default_service(method_not_allowed()),
-            )
-            .service(
-                web::resource("/conversations/{session_id}")
-                    .get(conversations::get)
-                    .default_service(method_not_allowed()),
-            )
-            .service(
-                web::resource("/conversations/{session_id}/messages")
+                at("/conversations/{session_id}/messages")
                     .post(conversations::append_messages)
-                    .get(conversations::list_messages)
-                    .default_service(method_not_allowed()),
+                    .get(conversations::list_messages),
             )
-            .service(
-                web::resource("/save-analysis")
-                    .post(conversations::save_analysis)
-                    .default_service(method_not_allowed()),
-            )
-            .service(
-                web::resource("/upload-audio").post(conversations::upload_audio).default_service(method_not_allowed()),
-            )
-            .service(web::resource("/audio/{id}").get(conversations::get_audio).default_service(method_not_allowed())),
+            .service(at("/save-analysis").post(conversations::save_analysis))
+            .service(at("/upload-audio").post(conversations::upload_audio))
+            .service(at("/audio/{id}").get(conversations::get_audio))
+            .service(at("/chats").post(chats::create).get(chats::list))
+            .service(at("/chats/{id}").get(chats::get))
+            .service(at("/participations").post(participations::create))
+            .service(at("/participations/{id}").get(participations::get))
+            .service(at("/participations/{id}/impressions").post(participations::impressions))
+            .service(at("/participations/{id}/clicks").post(participations::clicks))
+            .service(at("/participations/{id}/viewer-samples").post(participations::viewer_samples))
+            .service(at("/participations/{id}/earnings").post(participations::earnings))
+            .service(at("/participations/{id}/qr-code").post(participations::make_qr_code))
+            .service(at("/participations/{id}/qr-code.png").get(participations::qr_code_png))
+            .service(at("/participations/{id}/chat-command").post(participations::chat_command))
+            .service(at("/overlay/{token}").get(participations::overlay)),
     );
 }

@@ -1,0 +1,91 @@
+use crate::error::FieldError;
+use rust_decimal::Decimal;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use std::str::FromStr;
+
+/// An exact amount with at most six fractional digits, stored as `numeric(20, 6)` and written
+/// as a decimal string. JSON numbers are read from their text (serde_json keeps it with
+/// `arbitrary_precision`), so `0.01` is 0.01, not the nearest binary fraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub const SCALE: u32 = 6;
+
+    pub fn parse(field: &str, value: &Value) -> Result<Self, FieldError> {
+        let text = match value {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.trim().to_owned(),
+            _ => return Err(FieldError::new(field, "must be a decimal number or a decimal string")),
+        };
+        let amount = Decimal::from_str(&text)
+            .or_else(|_| Decimal::from_scientific(&text))
+            .map_err(|_| FieldError::new(field, "is not a decimal number"))?;
+        if amount.normalize().scale() > Self::SCALE {
+            return Err(FieldError::new(field, "may have at most 6 fractional digits"));
+        }
+        if amount.abs() >= Decimal::from(100_000_000_000_000_i64) {
+            return Err(FieldError::new(field, "is too large"));
+        }
+        Ok(Self(amount))
+    }
+
+    pub fn zero() -> Self {
+        Self(Decimal::ZERO)
+    }
+
+    pub fn decimal(self) -> Decimal {
+        self.0
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0.is_sign_negative() && !self.0.is_zero()
+    }
+
+    pub fn is_positive(self) -> bool {
+        self.0 > Decimal::ZERO
+    }
+}
+
+impl From<Decimal> for Money {
+    fn from(value: Decimal) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut fixed = self.0;
+        fixed.rescale(Self::SCALE);
+        write!(f, "{fixed}")
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn amounts_are_exact_and_printed_with_six_digits() {
+        let cent = Money::parse("cost", &serde_json::from_str::<Value>("0.01").unwrap()).unwrap();
+        let total = (0..300).fold(Decimal::ZERO, |sum, _| sum + cent.decimal());
+        assert_eq!(Money::from(total).to_string(), "3.000000");
+        assert_eq!(Money::parse("cost", &json!("12.5")).unwrap().to_string(), "12.500000");
+    }
+
+    #[test]
+    fn too_precise_or_not_a_number_is_rejected() {
+        assert!(Money::parse("cost", &json!("0.0000001")).is_err());
+        assert!(Money::parse("cost", &json!("ten")).is_err());
+        assert!(Money::parse("cost", &json!(true)).is_err());
+        assert!(Money::parse("cost", &json!("-1")).unwrap().is_negative());
+    }
+}

@@ -1,0 +1,207 @@
+//! The participation resource (API.md §5) and the counter writes that change it.
+
+use crate::domain::{Money, ParticipantId};
+use crate::error::{ApiError, FieldError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A row of `participations`, which is also the resource clients see.
+#[derive(Debug, Clone, Serialize)]
+pub struct Participation {
+    pub id: Uuid,
+    pub campaign_id: String,
+    pub streamer_id: String,
+    pub browser_source_token: String,
+    pub impressions: i64,
+    pub clicks: i64,
+    pub chat_clicks: i64,
+    pub qr_scans: i64,
+    pub link_clicks: i64,
+    #[serde(serialize_with = "as_money")]
+    pub estimated_earnings: Decimal,
+    pub viewer_samples: i64,
+    pub avg_viewer_count: f64,
+    pub peak_viewer_count: i64,
+    pub qr_code_url: Option<String>,
+    pub tracking_url: Option<String>,
+    pub chat_command: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub viewer_count_total: i64,
+}
+
+fn as_money<S: Serializer>(amount: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+    Money::from(*amount).serialize(serializer)
+}
+
+impl Participation {
+    pub fn location(&self) -> String {
+        format!("/api/participations/{}", self.id)
+    }
+}
+
+/// What `GET /api/overlay/{token}` shows a stream overlay.
+#[derive(Debug, Serialize)]
+pub struct Overlay {
+    pub campaign_id: String,
+    pub streamer_id: String,
+    pub chat_command: Option<String>,
+    pub tracking_url: Option<String>,
+    pub qr_code_url: Option<String>,
+}
+
+/// One counter write: how much each counter moves, and the ledger row that records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub kind: &'static str,
+    pub impressions: i64,
+    pub clicks: i64,
+    pub chat_clicks: i64,
+    pub qr_scans: i64,
+    pub link_clicks: i64,
+    pub earnings: Decimal,
+    /// A viewer sample: counted, added to the total, compared with the peak.
+    pub viewer_count: Option<i64>,
+}
+
+impl Delta {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            impressions: 0,
+            clicks: 0,
+            chat_clicks: 0,
+            qr_scans: 0,
+            link_clicks: 0,
+            earnings: Decimal::ZERO,
+            viewer_count: None,
+        }
+    }
+}
+
+fn invalid(error: FieldError) -> ApiError {
+    ApiError::Validation(vec![error])
+}
+
+/// A whole number in `min..`; a JSON number that is not one is a 422.
+fn whole_number(field: &str, value: &Value, min: i64) -> Result<i64, ApiError> {
+    match value {
+        Value::Number(n) => match n.as_i64() {
+            Some(v) if v >= min => Ok(v),
+            Some(_) => Err(ApiError::invalid(field, format!("must be at least {min}"))),
+            None => Err(ApiError::invalid(field, "must be a whole number")),
+        },
+        _ => Err(ApiError::Malformed { detail: format!("{field}: must be a number"), field: Some(field.into()) }),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateBody {
+    campaign_id: Option<String>,
+    streamer_id: Option<String>,
+}
+
+impl CreateBody {
+    pub fn validate(self) -> Result<(ParticipantId, ParticipantId), ApiError> {
+        let field = |name: &str, raw: Option<String>| match raw {
+            None => Err(FieldError::new(name, "is required")),
+            Some(raw) => ParticipantId::parse(name, &raw),
+        };
+        match (field("campaign_id", self.campaign_id), field("streamer_id", self.streamer_id)) {
+            (Ok(campaign), Ok(streamer)) => Ok((campaign, streamer)),
+            (campaign, streamer) => {
+                Err(ApiError::Validation(campaign.err().into_iter().chain(streamer.err()).collect()))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImpressionsBody {
+    count: Option<Value>,
+    cost: Option<Value>,
+}
+
+impl ImpressionsBody {
+    pub fn delta(self) -> Result<Delta, ApiError> {
+        let count = self.count.map_or(Ok(1), |v| whole_number("count", &v, 1))?;
+        let cost = self.cost.map_or(Ok(Money::zero()), |v| Money::parse("cost", &v).map_err(invalid))?;
+        if cost.is_negative() {
+            return Err(ApiError::invalid("cost", "must not be negative"));
+        }
+        Ok(Delta { impressions: count, earnings: cost.decimal(), ..Delta::new("impressions") })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClickBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+impl ClickBody {
+    pub fn delta(self) -> Result<Delta, ApiError> {
+        let click = Delta { clicks: 1, ..Delta::new("click") };
+        match self.kind.as_deref().unwrap_or("direct") {
+            "direct" => Ok(click),
+            "chat" => Ok(Delta { chat_clicks: 1, ..click }),
+            "qr" => Ok(Delta { qr_scans: 1, ..click }),
+            "link" => Ok(Delta { link_clicks: 1, ..click }),
+            _ => Err(ApiError::invalid("type", "must be one of direct, chat, qr, link")),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ViewerSampleBody {
+    viewer_count: Option<Value>,
+}
+
+impl ViewerSampleBody {
+    pub fn delta(self) -> Result<Delta, ApiError> {
+        let value = self.viewer_count.ok_or_else(|| ApiError::invalid("viewer_count", "is required"))?;
+        let viewers = whole_number("viewer_count", &value, 0)?;
+        Ok(Delta { impressions: viewers, viewer_count: Some(viewers), ..Delta::new("viewer_sample") })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EarningsBody {
+    amount: Option<Value>,
+}
+
+impl EarningsBody {
+    pub fn delta(self) -> Result<Delta, ApiError> {
+        let value = self.amount.ok_or_else(|| ApiError::invalid("amount", "is required"))?;
+        let amount = Money::parse("amount", &value).map_err(invalid)?;
+        if !amount.is_positive() {
+            return Err(ApiError::invalid("amount", "must be greater than 0"));
+        }
+        Ok(Delta { earnings: amount.decimal(), ..Delta::new("earnings") })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatCommandBody {
+    command: Option<String>,
+}
+
+pub const MAX_COMMAND_CHARS: usize = 100;
+
+impl ChatCommandBody {
+    /// The command to set, defaulting to `!<campaign_id>` once the campaign is known.
+    pub fn validate(self) -> Result<Option<String>, ApiError> {
+        let Some(command) = self.command else { return Ok(None) };
+        if command.trim().is_empty()
+            || command.chars().count() > MAX_COMMAND_CHARS
+            || command.contains(char::is_control)
+        {
+            return Err(ApiError::invalid("command", "must be 1 to 100 printable characters"));
+        }
+        Ok(Some(command))
+    }
+}

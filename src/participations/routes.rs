@@ -1,0 +1,123 @@
+//! Thin handlers for participations and the overlay.
+
+use super::model::{ChatCommandBody, ClickBody, CreateBody, Delta, EarningsBody, ImpressionsBody, ViewerSampleBody};
+use super::{qr, store};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use crate::idempotency::Writer;
+use crate::reply::{Outcome, Reply};
+use crate::startup::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use uuid::Uuid;
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no participation has this id".into())
+}
+
+fn path_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse().map_err(|_| not_found())
+}
+
+fn updated(participation: Option<super::model::Participation>) -> ApiResult<Reply> {
+    let participation = participation.ok_or_else(not_found)?;
+    Ok(Reply::written(Outcome::Updated, &participation, || participation.location()))
+}
+
+pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
+    let (campaign, streamer) = body.0.validate()?;
+    let mut conn = writer.begin().await?;
+    let result = store::create_or_get(&mut conn, &campaign, &streamer).await;
+    writer.finish(conn, result.map(|(p, outcome)| Reply::written(outcome, &p, || p.location()))).await
+}
+
+pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let participation = store::get(&mut *state.pool.acquire().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(participation))
+}
+
+async fn record(writer: Writer, id: &str, delta: ApiResult<Delta>) -> ApiResult<HttpResponse> {
+    let (id, delta) = (path_id(id)?, delta?);
+    let mut conn = writer.begin().await?;
+    let result = store::apply(&mut conn, id, &delta).await;
+    writer.finish(conn, result.and_then(updated)).await
+}
+
+pub async fn impressions(
+    writer: Writer,
+    path: web::Path<String>,
+    body: JsonBody<ImpressionsBody>,
+) -> ApiResult<HttpResponse> {
+    record(writer, &path, body.0.delta()).await
+}
+
+pub async fn clicks(writer: Writer, path: web::Path<String>, body: JsonBody<ClickBody>) -> ApiResult<HttpResponse> {
+    record(writer, &path, body.0.delta()).await
+}
+
+pub async fn viewer_samples(
+    writer: Writer,
+    path: web::Path<String>,
+    body: JsonBody<ViewerSampleBody>,
+) -> ApiResult<HttpResponse> {
+    record(writer, &path, body.0.delta()).await
+}
+
+pub async fn earnings(
+    writer: Writer,
+    path: web::Path<String>,
+    body: JsonBody<EarningsBody>,
+) -> ApiResult<HttpResponse> {
+    record(writer, &path, body.0.delta()).await
+}
+
+fn tracking_url(state: &AppState, token: &str) -> String {
+    format!("{}/api/overlay/{token}", state.public_base_url)
+}
+
+pub async fn chat_command(
+    state: web::Data<AppState>,
+    writer: Writer,
+    path: web::Path<String>,
+    body: JsonBody<ChatCommandBody>,
+) -> ApiResult<HttpResponse> {
+    let (id, command) = (path_id(&path)?, body.0.validate()?);
+    let mut conn = writer.begin().await?;
+    let result = async {
+        let current = store::get(&mut conn, id).await?.ok_or_else(not_found)?;
+        let url = tracking_url(&state, &current.browser_source_token);
+        updated(store::set_chat_command(&mut conn, id, command.as_deref(), &url).await?)
+    }
+    .await;
+    writer.finish(conn, result).await
+}
+
+/// Makes the QR code of the tracking URL. Rendering happens before a connection is taken.
+pub async fn make_qr_code(
+    state: web::Data<AppState>,
+    writer: Writer,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path_id(&path)?;
+    let current = store::get(&mut *state.pool.acquire().await?, id).await?.ok_or_else(not_found)?;
+    let url = tracking_url(&state, &current.browser_source_token);
+    let image = qr::png(&url)?;
+    let image_url = format!("{}/api/participations/{id}/qr-code.png", state.public_base_url);
+    let mut conn = writer.begin().await?;
+    let result = store::set_qr_code(&mut conn, id, &image, &url, &image_url).await;
+    writer.finish(conn, result.and_then(updated)).await
+}
+
+pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let png = store::qr_code_png(&mut *state.pool.acquire().await?, path_id(&path)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no QR code has been made for this participation".into()))?;
+    Ok(HttpResponse::build(StatusCode::OK).content_type("image/png").body(png))
+}
+
+pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let view = store::overlay(&mut *state.pool.acquire().await?, &path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("unknown browser source token".into()))?;
+    Ok(HttpResponse::Ok().json(view))
+}

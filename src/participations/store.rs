@@ -1,0 +1,176 @@
+//! All SQL of participations and their ledger.
+
+use super::model::{Delta, Overlay, Participation};
+use crate::domain::{BrowserSourceToken, ParticipantId};
+use crate::error::{ApiError, ApiResult};
+use crate::reply::Outcome;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Create-or-get on (campaign_id, streamer_id), read first like chats (see
+/// `chats::store::create_or_get` for why). The token is drawn only for the insert and no later
+/// statement names its column, so nothing can ever rewrite it.
+pub async fn create_or_get(
+    conn: &mut PgConnection,
+    campaign: &ParticipantId,
+    streamer: &ParticipantId,
+) -> ApiResult<(Participation, Outcome)> {
+    if let Some(found) = find_by_pair(conn, campaign, streamer).await? {
+        return Ok((found, Outcome::Unchanged));
+    }
+    let token = BrowserSourceToken::generate();
+    let inserted = sqlx::query_as!(
+        Participation,
+        "INSERT INTO participations (id, campaign_id, streamer_id, browser_source_token) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (campaign_id, streamer_id) DO NOTHING
+         RETURNING *",
+        Uuid::now_v7(),
+        campaign.as_str(),
+        streamer.as_str(),
+        token.as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match inserted {
+        Some(created) => Ok((created, Outcome::Inserted)),
+        None => Ok((find_by_pair(conn, campaign, streamer).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged)),
+    }
+}
+
+async fn find_by_pair(
+    conn: &mut PgConnection,
+    campaign: &ParticipantId,
+    streamer: &ParticipantId,
+) -> ApiResult<Option<Participation>> {
+    Ok(sqlx::query_as!(
+        Participation,
+        "SELECT * FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
+        campaign.as_str(),
+        streamer.as_str()
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Participation>> {
+    Ok(sqlx::query_as!(Participation, "SELECT * FROM participations WHERE id = $1", id).fetch_optional(conn).await?)
+}
+
+/// Every counter write: one statement that moves the counters (all arithmetic in the
+/// `UPDATE`, never read-modify-write here) and appends its ledger row. `None`: no such id.
+///
+/// The mean viewer count is `total / samples` of two exact integers, so samples arriving
+/// concurrently give the same mean as the same samples in any order.
+pub async fn apply(conn: &mut PgConnection, id: Uuid, delta: &Delta) -> ApiResult<Option<Participation>> {
+    Ok(sqlx::query_as!(
+        Participation,
+        r#"WITH moved AS (
+               UPDATE participations SET
+                   impressions = impressions + $3,
+                   clicks = clicks + $4,
+                   chat_clicks = chat_clicks + $5,
+                   qr_scans = qr_scans + $6,
+                   link_clicks = link_clicks + $7,
+                   estimated_earnings = estimated_earnings + $8,
+                   viewer_samples = viewer_samples + CASE WHEN $9::bigint IS NULL THEN 0 ELSE 1 END,
+                   viewer_count_total = viewer_count_total + COALESCE($9, 0),
+                   avg_viewer_count = CASE WHEN $9::bigint IS NULL THEN avg_viewer_count
+                                      ELSE (viewer_count_total + $9)::float8 / (viewer_samples + 1) END,
+                   peak_viewer_count = GREATEST(peak_viewer_count, COALESCE($9, 0)),
+                   updated_at = now()
+               WHERE id = $1
+               RETURNING *
+           ), ledger AS (
+               INSERT INTO participation_events
+                   (participation_id, kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings, viewer_count)
+               SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM moved
+           )
+           SELECT id AS "id!", campaign_id AS "campaign_id!", streamer_id AS "streamer_id!",
+                  browser_source_token AS "browser_source_token!", impressions AS "impressions!",
+                  clicks AS "clicks!", chat_clicks AS "chat_clicks!", qr_scans AS "qr_scans!",
+                  link_clicks AS "link_clicks!", estimated_earnings AS "estimated_earnings!",
+                  viewer_samples AS "viewer_samples!", avg_viewer_count AS "avg_viewer_count!",
+                  peak_viewer_count AS "peak_viewer_count!", qr_code_url, tracking_url, chat_command,
+                  created_at AS "created_at!", updated_at AS "updated_at!",
+                  viewer_count_total AS "viewer_count_total!"
+           FROM moved"#,
+        id,
+        delta.kind,
+        delta.impressions,
+        delta.clicks,
+        delta.chat_clicks,
+        delta.qr_scans,
+        delta.link_clicks,
+        delta.earnings,
+        delta.viewer_count,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Sets the chat command and tracking URL; the command defaults to `!<campaign_id>`.
+pub async fn set_chat_command(
+    conn: &mut PgConnection,
+    id: Uuid,
+    command: Option<&str>,
+    tracking_url: &str,
+) -> ApiResult<Option<Participation>> {
+    Ok(sqlx::query_as!(
+        Participation,
+        "UPDATE participations
+         SET chat_command = COALESCE($2, '!' || campaign_id), tracking_url = $3, updated_at = now()
+         WHERE id = $1
+         RETURNING *",
+        id,
+        command,
+        tracking_url,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Stores the QR image and points `qr_code_url` (and `tracking_url`) at it, in one statement.
+pub async fn set_qr_code(
+    conn: &mut PgConnection,
+    id: Uuid,
+    png: &[u8],
+    tracking_url: &str,
+    qr_code_url: &str,
+) -> ApiResult<Option<Participation>> {
+    Ok(sqlx::query_as!(
+        Participation,
+        r#"WITH image AS (
+               INSERT INTO participation_qr_codes (participation_id, png)
+               SELECT id, $2 FROM participations WHERE id = $1
+               ON CONFLICT (participation_id) DO UPDATE SET png = EXCLUDED.png, created_at = now()
+           )
+           UPDATE participations SET tracking_url = $3, qr_code_url = $4, updated_at = now()
+           WHERE id = $1
+           RETURNING *"#,
+        id,
+        png,
+        tracking_url,
+        qr_code_url,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn qr_code_png(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar!("SELECT png FROM participation_qr_codes WHERE participation_id = $1", id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Looks a token up through its unique index whatever the input, so an unknown token and a
+/// malformed one take the same path and time.
+pub async fn overlay(conn: &mut PgConnection, token: &str) -> ApiResult<Option<Overlay>> {
+    Ok(sqlx::query_as!(
+        Overlay,
+        "SELECT campaign_id, streamer_id, chat_command, tracking_url, qr_code_url
+         FROM participations WHERE browser_source_token = $1",
+        token
+    )
+    .fetch_optional(conn)
+    .await?)
+}
