@@ -1,71 +1,69 @@
-//! How every POST under /api writes: [`Writer::begin`] hands the handler a connection,
-//! the handler runs its store function on it, and [`Writer::finish`] turns the result into
-//! the response.
+//! `Idempotency-Key` (API.md §2): exactly-once effects for clients that retry.
 //!
-//! Funnelling every write through this one pair is what lets `Idempotency-Key` (API.md §2)
-//! store a response in the same transaction as the effect it describes.
+//! # Design
+//!
+//! A keyed POST goes through three steps, and no database transaction spans the request:
+//!
+//! 1. **Claim** ([`guard`], before the handler runs): one autocommit
+//!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or expired>` on
+//!    `idempotency_keys`, keyed by (scope, method, path, key), writes our random `claim_id` and a
+//!    lease (`locked_until`). If the row belongs to someone else we answer without running
+//!    anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
+//!    differs, or - after waiting briefly without holding a connection - 409 while the first
+//!    request still runs.
+//! 2. **Effect + record in one transaction** ([`Writer`]): the handler's writes run in a
+//!    transaction, and [`Writer::finish`] stores the response bytes into the claimed row *in
+//!    that same transaction* before committing, fenced by `claim_id`. A crash before the commit
+//!    loses both; after it, both are durable. The two cannot be separated.
+//! 3. **Everything else** ([`guard`], after the handler): a response that never reached a
+//!    Writer (a validation error, say) is stored if below 500; a 5xx deletes the claim so a
+//!    retry runs again.
+//!
+//! A process that dies between 1 and 2 leaves a claim that blocks its key until the lease
+//! passes; the lease lives in the row, so a restart does not shorten it. If a lease runs out
+//! while its request is still running and a retry takes the key over, the fence (`claim_id`)
+//! makes the late request's transaction roll back: never two effects.
+//!
+//! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
+//! before [`Writer::begin`], so it holds no connection and no transaction.
 
-use crate::error::{ApiError, ApiResult};
-use crate::reply::Reply;
-use crate::startup::AppState;
-use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use std::future::{ready, Ready};
-use std::ops::{Deref, DerefMut};
+mod guard;
+mod store;
+mod writer;
 
-pub struct Writer {
-    pool: PgPool,
+pub use guard::guard;
+pub use store::purge_expired;
+pub use writer::{WriteConn, Writer};
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long keys are kept and leased.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyConfig {
+    pub ttl: Duration,
+    pub lease: Duration,
 }
 
-impl FromRequest for Writer {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+/// A key this request owns, found by [`Writer`] in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub scope: String,
+    pub key: String,
+    pub method: String,
+    pub path: String,
+    pub claim_id: uuid::Uuid,
+    /// Set once the response is stored with the effect, so the guard does not store it again.
+    completed: Rc<Cell<bool>>,
+}
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered");
-        ready(Ok(Self { pool: state.pool.clone() }))
+impl Claim {
+    fn mark_completed(&self) {
+        self.completed.set(true);
     }
-}
 
-/// The connection a write runs on: a plain pooled connection (each statement commits on its
-/// own, one round trip) or a transaction that an idempotency record must join.
-pub enum WriteConn {
-    Plain(PoolConnection<Postgres>),
-    Tx(Transaction<'static, Postgres>),
-}
-
-impl Deref for WriteConn {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        match self {
-            WriteConn::Plain(conn) => conn,
-            WriteConn::Tx(tx) => tx,
-        }
-    }
-}
-
-impl DerefMut for WriteConn {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        match self {
-            WriteConn::Plain(conn) => conn,
-            WriteConn::Tx(tx) => tx,
-        }
-    }
-}
-
-impl Writer {
-    pub async fn begin(&self) -> ApiResult<WriteConn> {
-        Ok(WriteConn::Plain(self.pool.acquire().await?))
-    }
-
-    pub async fn finish(&self, conn: WriteConn, result: ApiResult<Reply>) -> ApiResult<HttpResponse> {
-        let reply = result?;
-        if let WriteConn::Tx(tx) = conn {
-            tx.commit().await?;
-        }
-        Ok(reply.into_response())
+    fn is_completed(&self) -> bool {
+        self.completed.get()
     }
 }

@@ -7,10 +7,11 @@ use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonLimit;
+use crate::idempotency::{self, IdempotencyConfig};
 use crate::ops::health;
 use crate::participations::routes as participations;
 use actix_web::dev::Server;
-use actix_web::middleware::ErrorHandlers;
+use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use sqlx::PgPool;
 use std::net::{SocketAddr, TcpListener};
@@ -23,11 +24,14 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Origin of the URLs handed out (tracking, QR code), without a trailing slash.
     pub public_base_url: String,
+    pub idempotency: IdempotencyConfig,
 }
 
 pub struct Application {
     address: SocketAddr,
     server: Server,
+    pool: PgPool,
+    idempotency: IdempotencyConfig,
 }
 
 impl Application {
@@ -36,8 +40,9 @@ impl Application {
     pub fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
+        let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
         let state = web::Data::new(AppState {
-            pool,
+            pool: pool.clone(),
             audio: AudioStore::open(&settings.data_dir)?,
             stt: settings
                 .stt_url
@@ -50,11 +55,13 @@ impl Application {
                 .unwrap_or_else(|| format!("http://{address}"))
                 .trim_end_matches('/')
                 .to_owned(),
+            idempotency,
         });
         let json_limit = JsonLimit(settings.max_json_bytes);
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
+                .wrap(from_fn(idempotency::guard))
                 .app_data(state.clone())
                 .app_data(json_limit)
                 .configure(routes)
@@ -66,7 +73,7 @@ impl Application {
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
         }
-        Ok(Self { address, server: server.run() })
+        Ok(Self { address, server: server.run(), pool, idempotency })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -82,8 +89,25 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
+    /// Also purges expired idempotency keys in the background while it serves.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let purge = tokio::spawn(purge_idempotency_keys(self.pool, self.idempotency));
+        let served = self.server.await;
+        purge.abort();
+        served
+    }
+}
+
+/// Runs the purge a few times per TTL (at most once a minute, at least every 200 ms).
+async fn purge_idempotency_keys(pool: PgPool, config: IdempotencyConfig) {
+    let every = (config.ttl / 4).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        match idempotency::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "purged expired idempotency keys"),
+            Err(error) => tracing::warn!(%error, "purging expired idempotency keys failed; will retry"),
+        }
     }
 }
 

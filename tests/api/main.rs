@@ -6,6 +6,7 @@ mod cluster;
 mod conversations;
 mod errors;
 mod helpers;
+mod idempotency;
 mod messages;
 mod participations;
 mod upload;

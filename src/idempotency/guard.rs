@@ -1,0 +1,176 @@
+//! The middleware that claims keys before handlers run and settles them afterwards.
+
+use super::store::{self, Claimed, StoredResponse};
+use super::Claim;
+use crate::domain::IdempotencyKey;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use actix_web::body::{self, BoxBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED: &str = "idempotent-replayed";
+/// How long a duplicate waits for the first request before answering 409.
+const WAIT_FOR_FIRST: Duration = Duration::from_secs(2);
+/// Response headers a replay repeats; the rest (date, length) belong to the transport.
+const REPLAYED_HEADERS: [&str; 5] = ["content-type", "location", "etag", "upsert-outcome", "retry-after"];
+
+fn problem(req: ServiceRequest, error: ApiError) -> ServiceResponse<BoxBody> {
+    req.into_response(error.error_response())
+}
+
+pub async fn guard(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let keyed_write = req.method() == Method::POST && req.path().starts_with("/api/");
+    let Some(raw_key) = req.headers().get(HEADER).filter(|_| keyed_write).cloned() else {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
+    let key = match IdempotencyKey::parse(raw_key.as_bytes()) {
+        Ok(key) => key,
+        Err(why) => return Ok(problem(req, ApiError::InvalidIdempotencyKey(why.into()))),
+    };
+    let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone();
+    let body = match read_body(&mut req, state.max_upload_bytes as usize + 1024 * 1024).await {
+        Ok(body) => body,
+        Err(error) => return Ok(problem(req, error)),
+    };
+    let fingerprint = fingerprint(&req, &body);
+    req.set_payload(Payload::from(body));
+    let claim = Claim {
+        scope: req.extensions().get::<Scope>().map(|s| s.0.clone()).unwrap_or_default(),
+        key: key.as_str().to_owned(),
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+        claim_id: uuid::Uuid::new_v4(),
+        completed: Rc::new(Cell::new(false)),
+    };
+    match wait_for_claim(&state, &claim, &fingerprint).await {
+        Ok(Claimed::Ours) => {}
+        Ok(Claimed::Replay(stored)) => return Ok(req.into_response(replay(stored))),
+        Ok(Claimed::Mismatch) => return Ok(problem(req, ApiError::IdempotencyKeyReused)),
+        Ok(Claimed::InFlight(left)) => {
+            let retry_after_secs = left.as_secs_f64().ceil().max(1.0) as u64;
+            return Ok(problem(req, ApiError::IdempotencyKeyInFlight { retry_after_secs }));
+        }
+        Err(error) => return Ok(problem(req, error)),
+    }
+    req.extensions_mut().insert(claim.clone());
+    let response = next.call(req).await?.map_into_boxed_body();
+    settle(&state, &claim, response).await
+}
+
+/// The auth layer's scope for keys (a hash of the caller's token), when auth is on.
+#[derive(Debug, Clone)]
+pub struct Scope(pub String);
+
+async fn read_body(req: &mut ServiceRequest, limit: usize) -> Result<Bytes, ApiError> {
+    let mut payload = req.take_payload();
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::malformed(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit: limit as u64 });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Method, path and body. A multipart body's boundary is chosen afresh by most clients on
+/// every attempt, so it is replaced by a fixed token before hashing: a retried upload of the
+/// same parts matches its original.
+fn fingerprint(req: &ServiceRequest, body: &[u8]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(req.method().as_str());
+    hasher.update(b"\n");
+    hasher.update(req.path());
+    hasher.update(b"\n");
+    let boundary = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .filter(|mime| mime.essence_str() == "multipart/form-data")
+        .and_then(|mime| mime.get_param("boundary").map(|b| b.as_str().to_owned()));
+    match boundary.filter(|b| !b.is_empty()) {
+        Some(boundary) => {
+            let mut rest = body;
+            while let Some(at) = find(rest, boundary.as_bytes()) {
+                hasher.update(&rest[..at]);
+                hasher.update(b"<boundary>");
+                rest = &rest[at + boundary.len()..];
+            }
+            hasher.update(rest);
+        }
+        None => hasher.update(body),
+    }
+    hasher.finalize().to_vec()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// Claims the key, waiting up to [`WAIT_FOR_FIRST`] (between short polls that each borrow a
+/// connection only for one statement) for a concurrent first request to finish.
+async fn wait_for_claim(state: &AppState, claim: &Claim, fingerprint: &[u8]) -> Result<Claimed, ApiError> {
+    let deadline = Instant::now() + WAIT_FOR_FIRST;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let claimed = store::claim(&state.pool, claim, fingerprint, state.idempotency).await?;
+        if !matches!(claimed, Claimed::InFlight(_)) || Instant::now() + pause > deadline {
+            return Ok(claimed);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn replay(stored: StoredResponse) -> HttpResponse {
+    let mut response = HttpResponse::build(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK));
+    for (name, value) in stored.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.append_header((name, value));
+        }
+    }
+    response.insert_header((REPLAYED, "true")).body(stored.body)
+}
+
+/// Stores an answer the handler did not store itself (below 500), or gives the key back (5xx).
+async fn settle(
+    state: &AppState,
+    claim: &Claim,
+    response: ServiceResponse<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if claim.is_completed() {
+        return Ok(response);
+    }
+    if response.status().is_server_error() {
+        if let Err(error) = store::release(&state.pool, claim).await {
+            tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lease ends");
+        }
+        return Ok(response);
+    }
+    let (req, res) = response.into_parts();
+    let (head, body) = res.into_parts();
+    let body = body::to_bytes(body).await.map_err(|_| actix_web::error::ErrorInternalServerError("body"))?;
+    let headers = REPLAYED_HEADERS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), head.headers().get(*name)?.to_str().ok()?.to_owned())))
+        .collect();
+    let stored = StoredResponse { status: head.status().as_u16(), headers, body: body.to_vec() };
+    let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
+    store::complete(&mut conn, claim, &stored).await?;
+    Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))
+}

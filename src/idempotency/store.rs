@@ -1,0 +1,145 @@
+//! The SQL of `idempotency_keys`.
+
+use super::{Claim, IdempotencyConfig};
+use crate::error::ApiResult;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+
+/// A response as stored: enough to replay it byte for byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What a claim attempt found.
+pub enum Claimed {
+    /// The key is ours: run the request.
+    Ours,
+    Replay(StoredResponse),
+    Mismatch,
+    /// Another request holds the key for this long yet.
+    InFlight(Duration),
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claims the key, taking over a claim whose lease ran out or a record past its TTL.
+pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: IdempotencyConfig) -> ApiResult<Claimed> {
+    let ours = sqlx::query_scalar!(
+        r#"INSERT INTO idempotency_keys AS k
+               (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::float8 / 1000),
+                   now() + make_interval(secs => $8::float8 / 1000))
+           ON CONFLICT (scope, method, path, key) DO UPDATE
+           SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
+               locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
+               response_status = NULL, response_headers = NULL, response_body = NULL,
+               completed_at = NULL, created_at = now()
+           WHERE k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now())
+           RETURNING claim_id"#,
+        claim.scope,
+        claim.key,
+        claim.method,
+        claim.path,
+        fingerprint,
+        claim.claim_id,
+        millis(config.lease) as f64,
+        millis(config.ttl) as f64,
+    )
+    .fetch_optional(pool)
+    .await?;
+    if ours == Some(claim.claim_id) {
+        return Ok(Claimed::Ours);
+    }
+    let Some(row) = sqlx::query!(
+        r#"SELECT fingerprint, response_status, response_headers, response_body,
+                  extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
+           FROM idempotency_keys WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4"#,
+        claim.scope,
+        claim.method,
+        claim.path,
+        claim.key,
+    )
+    .fetch_optional(pool)
+    .await?
+    else {
+        // Purged between our two statements: it is free again; the client's retry will take it.
+        return Ok(Claimed::InFlight(Duration::from_secs(1)));
+    };
+    if row.fingerprint != fingerprint {
+        return Ok(Claimed::Mismatch);
+    }
+    match (row.response_status, row.response_headers, row.response_body) {
+        (Some(status), Some(headers), Some(body)) => Ok(Claimed::Replay(StoredResponse {
+            status: status as u16,
+            headers: serde_json::from_value(headers).unwrap_or_default(),
+            body,
+        })),
+        _ => Ok(Claimed::InFlight(Duration::from_secs_f64(row.remaining_secs.max(0.0)))),
+    }
+}
+
+/// Stores the response on the claimed row, fenced by `claim_id`. `false`: the claim was taken
+/// over (our lease ran out), and the caller must not commit its effect.
+pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredResponse) -> ApiResult<bool> {
+    let stored = sqlx::query!(
+        "UPDATE idempotency_keys
+         SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
+         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5",
+        claim.scope,
+        claim.method,
+        claim.path,
+        claim.key,
+        claim.claim_id,
+        response.status as i16,
+        serde_json::to_value(&response.headers).expect("header pairs serialise"),
+        response.body,
+    )
+    .execute(conn)
+    .await?;
+    Ok(stored.rows_affected() == 1)
+}
+
+/// Gives a key back after a 5xx, so the client's retry runs the request again.
+pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
+    sqlx::query!(
+        "DELETE FROM idempotency_keys
+         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5 AND response_status IS NULL",
+        claim.scope,
+        claim.method,
+        claim.path,
+        claim.key,
+        claim.claim_id,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes expired records a batch at a time: each batch is a short statement, so the purge
+/// never holds many locks or blocks the claims of live keys for long.
+pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
+    const BATCH: i64 = 1000;
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query!(
+            "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM idempotency_keys
+                 WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
+                 LIMIT $1 FOR UPDATE SKIP LOCKED))",
+            BATCH
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The begin/finish pair every POST handler writes through.
+
+use super::store::{self, StoredResponse};
+use super::Claim;
+use crate::error::{ApiError, ApiResult};
+use crate::reply::Reply;
+use crate::startup::AppState;
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::future::{ready, Ready};
+use std::ops::{Deref, DerefMut};
+
+/// Hands a handler its connection and turns its result into the response; with an
+/// `Idempotency-Key` it also stores that response in the transaction of the effect.
+pub struct Writer {
+    pool: PgPool,
+    claim: Option<Claim>,
+}
+
+impl FromRequest for Writer {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered");
+        ready(Ok(Self { pool: state.pool.clone(), claim: req.extensions().get::<Claim>().cloned() }))
+    }
+}
+
+/// A plain pooled connection (each statement commits by itself: one round trip per write) or,
+/// when a key is claimed, a transaction the idempotency record joins.
+pub enum WriteConn {
+    Plain(PoolConnection<Postgres>),
+    Tx(Transaction<'static, Postgres>),
+}
+
+impl Deref for WriteConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            WriteConn::Plain(conn) => conn,
+            WriteConn::Tx(tx) => tx,
+        }
+    }
+}
+
+impl DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            WriteConn::Plain(conn) => conn,
+            WriteConn::Tx(tx) => tx,
+        }
+    }
+}
+
+impl Writer {
+    pub async fn begin(&self) -> ApiResult<WriteConn> {
+        Ok(match self.claim {
+            Some(_) => WriteConn::Tx(self.pool.begin().await?),
+            None => WriteConn::Plain(self.pool.acquire().await?),
+        })
+    }
+
+    /// On success with a claimed key: store the response in the transaction, then commit.
+    /// On an error the transaction rolls back (dropped) and the guard decides what to keep.
+    pub async fn finish(&self, conn: WriteConn, result: ApiResult<Reply>) -> ApiResult<HttpResponse> {
+        let reply = result?;
+        if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
+            let stored = StoredResponse {
+                status: reply.status.as_u16(),
+                headers: reply.headers.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
+                body: reply.body.clone(),
+            };
+            if !store::complete(&mut tx, claim, &stored).await? {
+                // Our lease ran out and a retry owns the key now: its run counts, not ours.
+                return Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 });
+            }
+            tx.commit().await?;
+            claim.mark_completed();
+        }
+        Ok(reply.into_response())
+    }
+}

@@ -1,0 +1,314 @@
+use crate::cluster::{free_port, start_binary};
+use crate::helpers::{assert_problem, scratch_dir, TestApp};
+use futures_util::{stream, StreamExt};
+use reqwest::header::HeaderValue;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    replayed: bool,
+}
+
+/// Sends one keyed POST, retrying while the key is in flight (409) as a client would.
+async fn send_keyed(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> Answer {
+    loop {
+        let response = client.post(url).header("idempotency-key", key).json(body).send().await.unwrap();
+        if response.status() == 409 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+        return Answer { status: response.status().as_u16(), body: response.bytes().await.unwrap().to_vec(), replayed };
+    }
+}
+
+/// Sends each logical request once, or 2-3 times: some copies at the same moment, some after
+/// the first one answered. Returns every answer per key.
+async fn send_with_retries(
+    app: &TestApp,
+    path: &str,
+    logical: usize,
+    body: impl Fn(usize) -> Value,
+) -> HashMap<String, Vec<Answer>> {
+    let url = app.url(path);
+    let answers: Vec<(String, Vec<Answer>)> = stream::iter(0..logical)
+        .map(|i| {
+            let (url, body, client) = (url.clone(), body(i), app.client.clone());
+            async move {
+                let key = format!("logical-{i}-{}", uuid::Uuid::new_v4());
+                let copies = match i % 10 {
+                    0..=6 => 1,
+                    7 | 8 => 2,
+                    _ => 3,
+                };
+                let simultaneous = if i % 2 == 0 { copies } else { 1 };
+                let mut answers: Vec<Answer> =
+                    futures_util::future::join_all((0..simultaneous).map(|_| send_keyed(&client, &url, &key, &body)))
+                        .await;
+                for _ in simultaneous..copies {
+                    answers.push(send_keyed(&client, &url, &key, &body).await);
+                }
+                (key, answers)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    answers.into_iter().collect()
+}
+
+fn assert_replays_identical(answers: &HashMap<String, Vec<Answer>>) {
+    for (key, copies) in answers {
+        let originals: Vec<_> = copies.iter().filter(|a| !a.replayed).collect();
+        assert_eq!(originals.len(), 1, "exactly one copy of {key} ran: {copies:?}");
+        for copy in copies {
+            assert_eq!(
+                (copy.status, &copy.body),
+                (originals[0].status, &originals[0].body),
+                "replay of {key} is byte-identical"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn retried_clicks_count_once_and_replays_are_byte_identical() {
+    let app = TestApp::spawn().await;
+    let created: Value = app
+        .post_json("/api/participations", json!({"campaign_id": "c", "streamer_id": "s"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let types = ["direct", "chat", "qr", "link"];
+    let answers =
+        send_with_retries(&app, &format!("/api/participations/{id}/clicks"), 500, |i| json!({"type": types[i % 4]}))
+            .await;
+    let sent: usize = answers.values().map(Vec::len).sum();
+    assert!(sent > 600, "a good share was sent more than once ({sent} requests)");
+    assert_replays_identical(&answers);
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!(stored["clicks"], 500, "500 logical clicks, however often sent");
+    assert_eq!(app.count("SELECT count(*) FROM participation_events").await, 500);
+}
+
+#[tokio::test]
+async fn retried_appends_without_message_ids_add_nothing() {
+    let app = TestApp::spawn().await;
+    let answers = send_with_retries(
+        &app,
+        "/api/conversations/retry-me/messages",
+        100,
+        |i| json!({"messages": [{"role": "user", "text": format!("q{i}")}, {"role": "bot", "text": format!("a{i}")}]}),
+    )
+    .await;
+    assert_replays_identical(&answers);
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 200);
+    assert_eq!(app.count("SELECT message_count FROM conversations").await, 200);
+}
+
+#[tokio::test]
+async fn a_reused_key_is_422_bad_keys_are_400_and_4xx_answers_are_replayed() {
+    let app = TestApp::spawn().await;
+    let url = app.url("/api/save-analysis");
+    let first = send_keyed(&app.client, &url, "k1", &json!({"session_id": "a"})).await;
+    assert_eq!(first.status, 201);
+    let other_body =
+        app.client.post(&url).header("idempotency-key", "k1").json(&json!({"session_id": "b"})).send().await.unwrap();
+    assert_problem(other_body, 422, "idempotency_key_reused").await;
+    let other_path = app
+        .client
+        .post(app.url("/api/conversations"))
+        .header("idempotency-key", "k1")
+        .json(&json!({"session_id": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_path.status(), 200, "the same key on another path is another key");
+
+    for bad in [
+        HeaderValue::from_static(""),
+        HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        HeaderValue::from_bytes("clé".as_bytes()).unwrap(),
+        HeaderValue::from_static("two words"),
+    ] {
+        let response = app
+            .client
+            .post(&url)
+            .header("idempotency-key", bad)
+            .json(&json!({"session_id": "c"}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "invalid_idempotency_key").await;
+    }
+
+    let invalid = send_keyed(&app.client, &url, "k2", &json!({"session_id": ""})).await;
+    assert_eq!((invalid.status, invalid.replayed), (422, false));
+    let again = send_keyed(&app.client, &url, "k2", &json!({"session_id": ""})).await;
+    assert_eq!((again.status, again.replayed, &again.body), (422, true, &invalid.body), "a 4xx is stored and replayed");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+}
+
+#[tokio::test]
+async fn a_5xx_is_not_stored_so_a_retry_runs_again() {
+    // Speech-to-text pointed at a closed port answers 502.
+    let dead_stt = format!("http://127.0.0.1:{}/v1/audio/transcriptions", free_port());
+    let app = TestApp::spawn_with(&["--stt-url", &dead_stt]).await;
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("session_id", "stt-down")
+            .part("audio", reqwest::multipart::Part::bytes(crate::upload::sine_wav(8000, 1, 0.1, 0.3)))
+    };
+    for attempt in 0..2 {
+        let response = app
+            .client
+            .post(app.url("/api/upload-audio"))
+            .header("idempotency-key", "upload-1")
+            .multipart(form())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().get("idempotent-replayed").is_none(), "attempt {attempt} ran again");
+        assert_problem(response, 502, "transcription_failed").await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0, "a 5xx leaves no record");
+}
+
+#[tokio::test]
+async fn a_retried_upload_with_a_new_multipart_boundary_is_a_replay() {
+    let app = TestApp::spawn().await;
+    let wav = crate::upload::sine_wav(8000, 1, 0.2, 0.3);
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        // reqwest draws a new boundary for every form, as browsers do.
+        let form = reqwest::multipart::Form::new()
+            .text("session_id", "up")
+            .part("audio", reqwest::multipart::Part::bytes(wav.clone()));
+        let response = app
+            .client
+            .post(app.url("/api/upload-audio"))
+            .header("idempotency-key", "u1")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        bodies.push((
+            response.status().as_u16(),
+            response.headers().contains_key("idempotent-replayed"),
+            response.bytes().await.unwrap(),
+        ));
+    }
+    assert_eq!((bodies[0].0, bodies[0].1), (201, false));
+    assert_eq!((bodies[1].0, bodies[1].1), (201, true), "the same parts under a new boundary replay");
+    assert_eq!(bodies[0].2, bodies[1].2);
+}
+
+#[tokio::test]
+async fn an_expired_key_runs_again_and_the_purge_removes_it() {
+    let app = TestApp::spawn_with(&["--idempotency-ttl", "1s"]).await;
+    let created: Value = app
+        .post_json("/api/participations", json!({"campaign_id": "c", "streamer_id": "s"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = app.url(&format!("/api/participations/{}/clicks", created["id"].as_str().unwrap()));
+    assert!(!send_keyed(&app.client, &url, "once", &json!({})).await.replayed);
+    assert!(send_keyed(&app.client, &url, "once", &json!({})).await.replayed, "within the TTL: a replay");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after: Answer = send_keyed(&app.client, &url, "once", &json!({})).await;
+    assert!(!after.replayed, "after the TTL the key runs again");
+    let clicks: Value = serde_json::from_slice(&after.body).unwrap();
+    assert_eq!(clicks["clicks"], 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.count("SELECT count(*) FROM idempotency_keys").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the purge never removed the expired key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real binary, SIGKILLed mid-load and restarted on the same database: every key whose
+/// answer was lost is retried, and the counter ends at exactly the number of distinct keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_load_loses_no_click_and_counts_none_twice() {
+    let data_dir = scratch_dir(&format!("crash-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let env = [("IDEMPOTENCY_LEASE", "2s")];
+    let mut server = start_binary(&data_dir, port, &env).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{base}/api/participations"))
+        .json(&json!({"campaign_id": "c", "streamer_id": "s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{base}/api/participations/{}/clicks", created["id"].as_str().unwrap());
+    let keys: Vec<String> = (0..400).map(|i| format!("crash-{i}")).collect();
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Vec<u8>>::new()));
+    let load = {
+        let (keys, url, client, answered) = (keys.clone(), url.clone(), client.clone(), answered.clone());
+        tokio::spawn(async move {
+            stream::iter(keys)
+                .for_each_concurrent(16, |key| {
+                    let (url, client, answered) = (url.clone(), client.clone(), answered.clone());
+                    async move {
+                        let sent = client
+                            .post(&url)
+                            .header("idempotency-key", &key)
+                            .json(&json!({"type": "link"}))
+                            .send()
+                            .await;
+                        if let Ok(response) = sent {
+                            if response.status() == 200 {
+                                if let Ok(body) = response.bytes().await {
+                                    answered.lock().unwrap().insert(key, body.to_vec());
+                                }
+                            }
+                        }
+                    }
+                })
+                .await
+        })
+    };
+    while answered.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    load.await.unwrap();
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() < keys.len(), "the kill happened mid-load ({} of {} answered)", answered.len(), keys.len());
+
+    let mut server = start_binary(&data_dir, port, &env).await;
+    for key in &keys {
+        let answer = send_keyed(&client, &url, key, &json!({"type": "link"})).await;
+        assert_eq!(answer.status, 200, "{key}");
+        if let Some(original) = answered.get(key) {
+            assert!(answer.replayed, "{key} was answered before the crash, so it replays");
+            assert_eq!(&answer.body, original, "{key} replays byte for byte");
+        }
+    }
+    let stored: Value = client
+        .get(format!("{base}/api/participations/{}", created["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["clicks"], 400, "one click per distinct key, none lost, none twice");
+    assert_eq!(stored["link_clicks"], 400);
+    crate::cluster::terminate(&mut server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
