@@ -110,6 +110,14 @@ pub struct Settings {
     #[arg(long, env = "WORKERS", global = true)]
     pub workers: Option<usize>,
 
+    /// Comma-separated bearer tokens; when set, every /api route but the overlay needs one.
+    #[arg(long, env = "API_TOKENS", global = true, hide_env_values = true)]
+    pub api_tokens: Option<String>,
+
+    /// Allow a non-loopback --bind without API_TOKENS (anyone who can reach it can write).
+    #[arg(long, env = "ALLOW_UNAUTHENTICATED", global = true)]
+    pub allow_unauthenticated: bool,
+
     /// Do not apply migrations when serving.
     #[arg(long, env = "NO_MIGRATE", global = true)]
     pub no_migrate: bool,
@@ -123,9 +131,28 @@ impl Settings {
     }
 }
 
+/// Without tokens anyone who can reach the port can write, so only loopback is allowed unless
+/// the operator says otherwise.
+fn check_exposure(settings: &Settings) -> Result<(), String> {
+    let open = !crate::auth::ApiTokens::parse(settings.api_tokens.as_deref()).enabled();
+    if open && !settings.bind.ip().is_loopback() && !settings.allow_unauthenticated {
+        return Err(format!(
+            "refusing to listen on {} without API_TOKENS: anyone who can reach it could write. \
+             Set API_TOKENS, bind to 127.0.0.1, or pass --allow-unauthenticated",
+            settings.bind
+        ));
+    }
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let (Command::Serve, Err(why)) = (&command, check_exposure(&cli.settings)) {
+        eprintln!("upsertd: {why}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -134,7 +161,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
+        match command {
             Command::Serve => serve(cli.settings).await,
             Command::Migrate => migrate(cli.settings).await,
         }
@@ -185,6 +212,15 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_public_bind_needs_tokens_or_an_explicit_opt_out() {
+        let settings = |args: &[&str]| Settings::from_args(args.iter().copied());
+        assert!(check_exposure(&settings(&["--bind", "127.0.0.1:0"])).is_ok());
+        assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080"])).is_err());
+        assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080", "--api-tokens", "t"])).is_ok());
+        assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080", "--allow-unauthenticated"])).is_ok());
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod guard;
 mod store;
 mod writer;
 
-pub use guard::guard;
+pub use guard::{guard, Scope};
 pub use store::purge_expired;
 pub use writer::{WriteConn, Writer};
 

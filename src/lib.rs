@@ -1,5 +1,6 @@
 //! upsertd: writes that are safe to repeat. See README.md for the tour and the code map.
 
+pub mod auth;
 pub mod chats;
 pub mod cli;
 pub mod conversations;

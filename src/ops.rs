@@ -1,3 +1,4 @@
-//! What operators use: health checks (and, as they land, metrics, audit and import).
+//! What operators use: health checks, metrics (and, as they land, audit and import).
 
 pub mod health;
+pub mod metrics;

@@ -51,7 +51,14 @@ impl Reply {
     }
 
     /// 201 with `Location` when the request inserted, else 200; `Upsert-Outcome` always.
-    pub fn written(outcome: Outcome, value: &impl Serialize, location: impl FnOnce() -> String) -> Self {
+    /// Counted in `upsertd_upserts_total{resource, outcome}`.
+    pub fn written(
+        resource: &'static str,
+        outcome: Outcome,
+        value: &impl Serialize,
+        location: impl FnOnce() -> String,
+    ) -> Self {
+        crate::ops::metrics::upsert(resource, outcome.as_str());
         let reply =
             Self::json(outcome.status(), value).header(HeaderName::from_static(UPSERT_OUTCOME), outcome.as_str());
         match outcome {

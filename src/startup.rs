@@ -1,5 +1,6 @@
 //! Builds the application: shared state, every route in one table, and the HTTP server.
 
+use crate::auth::{self, ApiTokens};
 use crate::chats::routes as chats;
 use crate::cli::Settings;
 use crate::conversations::audio::AudioStore;
@@ -8,8 +9,9 @@ use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonLimit;
 use crate::idempotency::{self, IdempotencyConfig};
-use crate::ops::health;
+use crate::ops::{health, metrics};
 use crate::participations::routes as participations;
+use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -58,12 +60,17 @@ impl Application {
             idempotency,
         });
         let json_limit = JsonLimit(settings.max_json_bytes);
+        let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
+        metrics::handle();
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
                 .wrap(from_fn(idempotency::guard))
+                .wrap(from_fn(auth::require_token))
+                .wrap(from_fn(telemetry::observe))
                 .app_data(state.clone())
                 .app_data(json_limit)
+                .app_data(tokens.clone())
                 .configure(routes)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
@@ -118,29 +125,32 @@ fn at(path: &str) -> actix_web::Resource {
 
 /// Every route the service answers, in one place.
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(at("/healthz").get(health::healthz)).service(at("/readyz").get(health::readyz)).service(
-        web::scope("/api")
-            .service(at("/conversations").post(conversations::create).get(conversations::list))
-            .service(at("/conversations/{session_id}").get(conversations::get))
-            .service(
-                at("/conversations/{session_id}/messages")
-                    .post(conversations::append_messages)
-                    .get(conversations::list_messages),
-            )
-            .service(at("/save-analysis").post(conversations::save_analysis))
-            .service(at("/upload-audio").post(conversations::upload_audio))
-            .service(at("/audio/{id}").get(conversations::get_audio))
-            .service(at("/chats").post(chats::create).get(chats::list))
-            .service(at("/chats/{id}").get(chats::get))
-            .service(at("/participations").post(participations::create))
-            .service(at("/participations/{id}").get(participations::get))
-            .service(at("/participations/{id}/impressions").post(participations::impressions))
-            .service(at("/participations/{id}/clicks").post(participations::clicks))
-            .service(at("/participations/{id}/viewer-samples").post(participations::viewer_samples))
-            .service(at("/participations/{id}/earnings").post(participations::earnings))
-            .service(at("/participations/{id}/qr-code").post(participations::make_qr_code))
-            .service(at("/participations/{id}/qr-code.png").get(participations::qr_code_png))
-            .service(at("/participations/{id}/chat-command").post(participations::chat_command))
-            .service(at("/overlay/{token}").get(participations::overlay)),
-    );
+    cfg.service(at("/healthz").get(health::healthz))
+        .service(at("/readyz").get(health::readyz))
+        .service(at("/metrics").get(metrics::render))
+        .service(
+            web::scope("/api")
+                .service(at("/conversations").post(conversations::create).get(conversations::list))
+                .service(at("/conversations/{session_id}").get(conversations::get))
+                .service(
+                    at("/conversations/{session_id}/messages")
+                        .post(conversations::append_messages)
+                        .get(conversations::list_messages),
+                )
+                .service(at("/save-analysis").post(conversations::save_analysis))
+                .service(at("/upload-audio").post(conversations::upload_audio))
+                .service(at("/audio/{id}").get(conversations::get_audio))
+                .service(at("/chats").post(chats::create).get(chats::list))
+                .service(at("/chats/{id}").get(chats::get))
+                .service(at("/participations").post(participations::create))
+                .service(at("/participations/{id}").get(participations::get))
+                .service(at("/participations/{id}/impressions").post(participations::impressions))
+                .service(at("/participations/{id}/clicks").post(participations::clicks))
+                .service(at("/participations/{id}/viewer-samples").post(participations::viewer_samples))
+                .service(at("/participations/{id}/earnings").post(participations::earnings))
+                .service(at("/participations/{id}/qr-code").post(participations::make_qr_code))
+                .service(at("/participations/{id}/qr-code.png").get(participations::qr_code_png))
+                .service(at("/participations/{id}/chat-command").post(participations::chat_command))
+                .service(at("/overlay/{token}").get(participations::overlay)),
+        );
 }

@@ -39,7 +39,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult
     let key = body.0.validate()?;
     let mut conn = writer.begin().await?;
     let result = store::create_or_get(&mut conn, &key).await;
-    writer.finish(conn, result.map(|(chat, outcome)| Reply::written(outcome, &chat, || chat.location()))).await
+    writer.finish(conn, result.map(|(chat, outcome)| Reply::written("chat", outcome, &chat, || chat.location()))).await
 }
 
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {

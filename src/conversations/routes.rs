@@ -18,7 +18,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
 fn conversation_reply(conversation: &Conversation, outcome: Outcome) -> Reply {
-    Reply::written(outcome, conversation, || conversation.location()).header(header::ETAG, conversation.etag())
+    Reply::written("conversation", outcome, conversation, || conversation.location())
+        .header(header::ETAG, conversation.etag())
 }
 
 /// A session id in a path that cannot exist is simply not found.
@@ -112,7 +113,7 @@ pub async fn append_messages(
     let result =
         store::append_messages(&mut conn, &session_id, &messages).await.map(|(conversation, messages, outcome)| {
             let location = format!("{}/messages", conversation.location());
-            Reply::written(outcome, &Appended { conversation, messages }, || location)
+            Reply::written("message", outcome, &Appended { conversation, messages }, || location)
         });
     writer.finish(conn, result).await
 }

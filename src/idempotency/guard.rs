@@ -58,7 +58,10 @@ pub async fn guard(
     };
     match wait_for_claim(&state, &claim, &fingerprint).await {
         Ok(Claimed::Ours) => {}
-        Ok(Claimed::Replay(stored)) => return Ok(req.into_response(replay(stored))),
+        Ok(Claimed::Replay(stored)) => {
+            crate::ops::metrics::replayed();
+            return Ok(req.into_response(replay(stored)));
+        }
         Ok(Claimed::Mismatch) => return Ok(problem(req, ApiError::IdempotencyKeyReused)),
         Ok(Claimed::InFlight(left)) => {
             let retry_after_secs = left.as_secs_f64().ceil().max(1.0) as u64;

@@ -21,14 +21,14 @@ fn path_id(raw: &str) -> ApiResult<Uuid> {
 
 fn updated(participation: Option<super::model::Participation>) -> ApiResult<Reply> {
     let participation = participation.ok_or_else(not_found)?;
-    Ok(Reply::written(Outcome::Updated, &participation, || participation.location()))
+    Ok(Reply::written("participation", Outcome::Updated, &participation, || participation.location()))
 }
 
 pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
     let (campaign, streamer) = body.0.validate()?;
     let mut conn = writer.begin().await?;
     let result = store::create_or_get(&mut conn, &campaign, &streamer).await;
-    writer.finish(conn, result.map(|(p, outcome)| Reply::written(outcome, &p, || p.location()))).await
+    writer.finish(conn, result.map(|(p, outcome)| Reply::written("participation", outcome, &p, || p.location()))).await
 }
 
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {

@@ -8,5 +8,6 @@ mod errors;
 mod helpers;
 mod idempotency;
 mod messages;
+mod operations;
 mod participations;
 mod upload;

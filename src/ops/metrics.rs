@@ -1,0 +1,42 @@
+//! Prometheus metrics: the recorder, the names, and `GET /metrics`.
+
+use crate::startup::AppState;
+use actix_web::{web, HttpResponse};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const REQUESTS: &str = "upsertd_http_requests_total";
+pub const LATENCY: &str = "upsertd_http_request_duration_seconds";
+pub const UPSERTS: &str = "upsertd_upserts_total";
+pub const REPLAYS: &str = "upsertd_idempotent_replays_total";
+
+/// The process-wide recorder, installed on first use (a process may build several apps).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(LATENCY.into()),
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            )
+            .expect("the bucket list is not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+pub fn upsert(resource: &'static str, outcome: &'static str) {
+    metrics::counter!(UPSERTS, "resource" => resource, "outcome" => outcome).increment(1);
+}
+
+pub fn replayed() {
+    metrics::counter!(REPLAYS).increment(1);
+}
+
+pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+    let pool = &state.pool;
+    metrics::gauge!("upsertd_db_pool_connections").set(f64::from(pool.size()));
+    metrics::gauge!("upsertd_db_pool_idle_connections").set(pool.num_idle() as f64);
+    metrics::gauge!("upsertd_db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle().render())
+}

@@ -1,0 +1,128 @@
+use crate::cluster::free_port;
+use crate::helpers::{assert_problem, scratch_dir, TestApp};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use std::time::{Duration, Instant};
+use upsertd::cli::Settings;
+use upsertd::db::cluster::{Cluster, Durability};
+use upsertd::startup::Application;
+
+#[tokio::test]
+async fn with_api_tokens_every_api_route_but_the_overlay_needs_one() {
+    let app = TestApp::spawn_with(&["--api-tokens", "alpha, beta"]).await;
+    let chat = json!({"participants": ["a", "b"]});
+    assert_problem(app.post_json("/api/chats", &chat).await, 401, "unauthorized").await;
+    let wrong = app.client.post(app.url("/api/chats")).bearer_auth("alphabet").json(&chat).send().await.unwrap();
+    assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+    assert_problem(wrong, 401, "unauthorized").await;
+    assert_problem(app.get("/api/conversations").await, 401, "unauthorized").await;
+    let right = app.client.post(app.url("/api/chats")).bearer_auth("beta").json(&chat).send().await.unwrap();
+    assert_eq!(right.status(), 201);
+    assert_problem(app.get(&format!("/api/overlay/{}", "a".repeat(64))).await, 404, "not_found").await;
+    assert_eq!(app.get("/healthz").await.status(), 200, "health is not behind auth");
+    assert_eq!(app.count("SELECT count(*) FROM chats").await, 1, "rejected requests wrote nothing");
+
+    // Keys are scoped by token: two callers may pick the same key without colliding.
+    let url = app.url("/api/conversations");
+    for token in ["alpha", "beta"] {
+        let response = app
+            .client
+            .post(&url)
+            .bearer_auth(token)
+            .header("idempotency-key", "same-key")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{token}'s request ran");
+        assert!(response.headers().get("idempotent-replayed").is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_public_bind_without_tokens_is_refused_with_status_2() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_upsertd"))
+        .args(["serve", "--bind", &format!("0.0.0.0:{}", free_port())])
+        .env_remove("API_TOKENS")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("API_TOKENS") && stderr.contains("--allow-unauthenticated"), "{stderr}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_request_id() {
+    let app = TestApp::spawn().await;
+    let first = app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
+    assert!(first.headers().contains_key("x-request-id"));
+    app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
+    for _ in 0..2 {
+        app.client
+            .post(app.url("/api/conversations"))
+            .header("idempotency-key", "metrics-key")
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "trace-123").send().await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-123");
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for needle in [
+        r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="201"}"#,
+        r#"upsertd_upserts_total{resource="chat",outcome="inserted"}"#,
+        r#"upsertd_upserts_total{resource="chat",outcome="unchanged"}"#,
+        "upsertd_idempotent_replays_total",
+        "upsertd_http_request_duration_seconds_bucket",
+        "upsertd_db_pool_connections",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}");
+    }
+}
+
+/// PostgreSQL stopped and started under a running server: 503 with Retry-After within the
+/// acquire timeout while it is down, and writes work again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() {
+    let data_dir = scratch_dir(&format!("outage-{}", uuid::Uuid::new_v4().simple()));
+    let cluster = Cluster::start(&data_dir, Durability::Throwaway).unwrap();
+    cluster.create_database("upsertd").await.unwrap();
+    let options = cluster.connect_options("upsertd");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
+    upsertd::db::MIGRATOR.run(&mut conn).await.unwrap();
+    let pool = PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy_with(options);
+    let dir = data_dir.join("app");
+    let settings = Settings::from_args(["--bind", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+    let app = Application::build(&settings, pool).unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let save =
+        |sid: &'static str| client.post(format!("{base}/api/save-analysis")).json(&json!({"session_id": sid})).send();
+    assert_eq!(save("before").await.unwrap().status(), 201);
+
+    drop(conn);
+    cluster.stop().unwrap();
+    let started = Instant::now();
+    let down = save("during").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "answered within the acquire timeout, not hung");
+    assert!(down.headers().contains_key("retry-after"));
+    assert_problem(down, 503, "database_unavailable").await;
+    assert_problem(client.get(format!("{base}/readyz")).send().await.unwrap(), 503, "database_unavailable").await;
+
+    let cluster = Cluster::start(&data_dir, Durability::Throwaway).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = save("after").await.unwrap().status();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while reconnecting");
+        assert!(Instant::now() < deadline, "the service did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
