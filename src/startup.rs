@@ -17,6 +17,7 @@ use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use sqlx::PgPool;
 use std::net::{SocketAddr, TcpListener};
+use utoipa::OpenApi;
 
 /// What every handler can reach through `web::Data<AppState>`.
 pub struct AppState {
@@ -72,6 +73,7 @@ impl Application {
                 .app_data(json_limit)
                 .app_data(tokens.clone())
                 .configure(routes)
+                .configure(docs)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
                 }))
@@ -123,34 +125,47 @@ fn at(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) }))
 }
 
-/// Every route the service answers, in one place.
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(at("/healthz").get(health::healthz))
-        .service(at("/readyz").get(health::readyz))
-        .service(at("/metrics").get(metrics::render))
-        .service(
-            web::scope("/api")
-                .service(at("/conversations").post(conversations::create).get(conversations::list))
-                .service(at("/conversations/{session_id}").get(conversations::get))
-                .service(
-                    at("/conversations/{session_id}/messages")
-                        .post(conversations::append_messages)
-                        .get(conversations::list_messages),
-                )
-                .service(at("/save-analysis").post(conversations::save_analysis))
-                .service(at("/upload-audio").post(conversations::upload_audio))
-                .service(at("/audio/{id}").get(conversations::get_audio))
-                .service(at("/chats").post(chats::create).get(chats::list))
-                .service(at("/chats/{id}").get(chats::get))
-                .service(at("/participations").post(participations::create))
-                .service(at("/participations/{id}").get(participations::get))
-                .service(at("/participations/{id}/impressions").post(participations::impressions))
-                .service(at("/participations/{id}/clicks").post(participations::clicks))
-                .service(at("/participations/{id}/viewer-samples").post(participations::viewer_samples))
-                .service(at("/participations/{id}/earnings").post(participations::earnings))
-                .service(at("/participations/{id}/qr-code").post(participations::make_qr_code))
-                .service(at("/participations/{id}/qr-code.png").get(participations::qr_code_png))
-                .service(at("/participations/{id}/chat-command").post(participations::chat_command))
-                .service(at("/overlay/{token}").get(participations::overlay)),
-        );
+/// Declares every route once: registers it and lists it in [`ROUTES`], which a test compares
+/// with the OpenAPI document so the two cannot drift apart.
+macro_rules! route_table {
+    ($($path:literal => [$($method:ident $handler:path),+ $(,)?]),* $(,)?) => {
+        /// Every (method, path) the service answers.
+        pub const ROUTES: &[(&str, &str)] = &[$($((stringify!($method), $path)),+),*];
+
+        fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.service(at($path)$(.route(web::$method().to($handler)))+);)*
+        }
+    };
+}
+
+route_table! {
+    "/healthz" => [get health::healthz],
+    "/readyz" => [get health::readyz],
+    "/metrics" => [get metrics::render],
+    "/api/conversations" => [post conversations::create, get conversations::list],
+    "/api/conversations/{session_id}" => [get conversations::get],
+    "/api/conversations/{session_id}/messages" => [post conversations::append_messages, get conversations::list_messages],
+    "/api/save-analysis" => [post conversations::save_analysis],
+    "/api/upload-audio" => [post conversations::upload_audio],
+    "/api/audio/{id}" => [get conversations::get_audio],
+    "/api/chats" => [post chats::create, get chats::list],
+    "/api/chats/{id}" => [get chats::get],
+    "/api/participations" => [post participations::create],
+    "/api/participations/{id}" => [get participations::get],
+    "/api/participations/{id}/impressions" => [post participations::impressions],
+    "/api/participations/{id}/clicks" => [post participations::clicks],
+    "/api/participations/{id}/viewer-samples" => [post participations::viewer_samples],
+    "/api/participations/{id}/earnings" => [post participations::earnings],
+    "/api/participations/{id}/qr-code" => [post participations::make_qr_code],
+    "/api/participations/{id}/qr-code.png" => [get participations::qr_code_png],
+    "/api/participations/{id}/chat-command" => [post participations::chat_command],
+    "/api/overlay/{token}" => [get participations::overlay],
+}
+
+/// The OpenAPI document and its docs page; the page's assets are compiled into the binary.
+fn docs(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()),
+    )
+    .service(web::redirect("/docs", "/docs/"));
 }

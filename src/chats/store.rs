@@ -7,9 +7,10 @@ use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Chat {
     pub id: Uuid,
     pub participants: Vec<String>,

@@ -5,6 +5,7 @@ use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 pub const MAX_USER_ID_CHARS: usize = 256;
@@ -27,7 +28,7 @@ pub struct ConversationRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AudioFile {
     pub id: Uuid,
     pub sha256: String,
@@ -43,7 +44,7 @@ impl AudioFile {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Conversation {
     pub id: Uuid,
     pub session_id: String,
@@ -84,7 +85,7 @@ impl Conversation {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Message {
     pub id: Uuid,
     #[serde(skip)]
@@ -115,7 +116,7 @@ fn check_user_and_language(errors: &mut Vec<FieldError>, user_id: Option<&str>, 
 }
 
 /// `POST /api/conversations`: everything optional.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct CreateConversationBody {
     session_id: Option<String>,
     user_id: Option<String>,
@@ -144,16 +145,20 @@ impl CreateConversationBody {
 }
 
 /// `POST /api/save-analysis`. Absent fields keep what is stored; present ones (even null) set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SaveAnalysisBody {
     session_id: Option<String>,
     #[serde(default, deserialize_with = "Patch::present")]
+    #[schema(value_type = Option<String>)]
     transcript: Patch<String>,
     #[serde(default, deserialize_with = "Patch::present")]
+    #[schema(value_type = Option<Object>)]
     analysis: Patch<Value>,
     #[serde(default, deserialize_with = "Patch::present")]
+    #[schema(value_type = Option<String>)]
     language: Patch<String>,
     #[serde(default, deserialize_with = "Patch::present")]
+    #[schema(value_type = Option<String>)]
     user_id: Patch<String>,
 }
 
@@ -233,12 +238,12 @@ impl SaveAnalysisBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AppendBody {
     messages: Option<Vec<MessageBody>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct MessageBody {
     id: Option<Uuid>,
     role: Option<String>,
@@ -311,7 +316,7 @@ impl AppendBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Appended {
     pub conversation: Conversation,
     pub messages: Vec<Message>,

@@ -2,14 +2,14 @@
 
 use super::model::{
     parse_if_match, AnalysisUpsert, AppendBody, Appended, Conversation, CreateConversationBody, ListConversationsQuery,
-    SaveAnalysisBody,
+    Message, SaveAnalysisBody,
 };
 use super::{audio, store, upload};
 use crate::domain::{Patch, SessionId};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::JsonBody;
 use crate::idempotency::Writer;
-use crate::pagination::{page_request, PageQuery};
+use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
 use crate::startup::AppState;
 use actix_multipart::Multipart;
@@ -27,6 +27,7 @@ fn path_session_id(raw: &str) -> ApiResult<SessionId> {
     SessionId::parse("session_id", raw).map_err(|_| ApiError::NotFound("no conversation has this session_id".into()))
 }
 
+#[utoipa::path(post, path = "/api/conversations", tag = "conversations", request_body = CreateConversationBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> ApiResult<HttpResponse> {
     let new = body.0.validate()?;
     let mut conn = writer.begin().await?;
@@ -34,6 +35,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> A
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
 }
 
+#[utoipa::path(get, path = "/api/conversations/{session_id}", tag = "conversations", params(("session_id" = String, Path)), responses((status = 200, body = Conversation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let session_id = path_session_id(&path)?;
     let conversation = store::get(&mut *state.pool.acquire().await?, &session_id)
@@ -42,6 +44,7 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     Ok(HttpResponse::Ok().insert_header((header::ETAG, conversation.etag())).json(conversation))
 }
 
+#[utoipa::path(get, path = "/api/conversations", tag = "conversations", params(("user_id" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Page<Conversation>), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
     state: web::Data<AppState>,
     filter: web::Query<ListConversationsQuery>,
@@ -52,6 +55,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(items))
 }
 
+#[utoipa::path(post, path = "/api/save-analysis", tag = "conversations", request_body = SaveAnalysisBody, params(("If-Match" = Option<String>, Header, description = "Update only at this version"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn save_analysis(
     req: HttpRequest,
     writer: Writer,
@@ -66,6 +70,7 @@ pub async fn save_analysis(
 
 /// Stores and analyses the audio, transcribes it when STT is configured, then performs the
 /// same upsert as save-analysis. The slow part runs before a database connection is taken.
+#[utoipa::path(post, path = "/api/upload-audio", tag = "conversations", request_body(content_type = "multipart/form-data", description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, analysis (JSON)"), params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn upload_audio(state: web::Data<AppState>, writer: Writer, form: Multipart) -> ApiResult<HttpResponse> {
     let upload = upload::receive(form, &state.audio, state.max_upload_bytes).await?;
     let received = upload.audio;
@@ -102,6 +107,7 @@ pub async fn upload_audio(state: web::Data<AppState>, writer: Writer, form: Mult
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
 }
 
+#[utoipa::path(post, path = "/api/conversations/{session_id}/messages", tag = "conversations", request_body = AppendBody, params(("session_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Appended), (status = 200, description = "Existed or updated", body = Appended), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn append_messages(
     path: web::Path<String>,
     writer: Writer,
@@ -118,6 +124,7 @@ pub async fn append_messages(
     writer.finish(conn, result).await
 }
 
+#[utoipa::path(get, path = "/api/conversations/{session_id}/messages", tag = "conversations", params(("session_id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Page<Message>), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_messages(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -131,6 +138,7 @@ pub async fn list_messages(
     Ok(HttpResponse::Ok().json(messages))
 }
 
+#[utoipa::path(get, path = "/api/audio/{id}", tag = "conversations", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "The stored bytes", content_type = "audio/*"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_audio(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let not_found = || ApiError::NotFound("no audio file has this id".into());
     let id: Uuid = path.parse().map_err(|_| not_found())?;

@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A row of `participations`, which is also the resource clients see.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Participation {
     pub id: Uuid,
     pub campaign_id: String,
@@ -21,6 +22,7 @@ pub struct Participation {
     pub qr_scans: i64,
     pub link_clicks: i64,
     #[serde(serialize_with = "as_money")]
+    #[schema(value_type = String, example = "3.000000")]
     pub estimated_earnings: Decimal,
     pub viewer_samples: i64,
     pub avg_viewer_count: f64,
@@ -45,7 +47,7 @@ impl Participation {
 }
 
 /// What `GET /api/overlay/{token}` shows a stream overlay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Overlay {
     pub campaign_id: String,
     pub streamer_id: String,
@@ -99,7 +101,7 @@ fn whole_number(field: &str, value: &Value, min: i64) -> Result<i64, ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateBody {
     campaign_id: Option<String>,
     streamer_id: Option<String>,
@@ -120,9 +122,12 @@ impl CreateBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ImpressionsBody {
+    #[schema(value_type = Option<i64>, minimum = 1)]
     count: Option<Value>,
+    /// A number or a decimal string, at most six fractional digits.
+    #[schema(value_type = Option<String>)]
     cost: Option<Value>,
 }
 
@@ -137,7 +142,7 @@ impl ImpressionsBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ClickBody {
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -156,8 +161,9 @@ impl ClickBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ViewerSampleBody {
+    #[schema(value_type = i64, minimum = 0)]
     viewer_count: Option<Value>,
 }
 
@@ -169,8 +175,10 @@ impl ViewerSampleBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EarningsBody {
+    /// A number or a decimal string, at most six fractional digits.
+    #[schema(value_type = String)]
     amount: Option<Value>,
 }
 
@@ -185,7 +193,7 @@ impl EarningsBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCommandBody {
     command: Option<String>,
 }

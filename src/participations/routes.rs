@@ -1,8 +1,11 @@
 //! Thin handlers for participations and the overlay.
 
-use super::model::{ChatCommandBody, ClickBody, CreateBody, Delta, EarningsBody, ImpressionsBody, ViewerSampleBody};
+use super::model::{
+    ChatCommandBody, ClickBody, CreateBody, Delta, EarningsBody, ImpressionsBody, Overlay, Participation,
+    ViewerSampleBody,
+};
 use super::{qr, store};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::JsonBody;
 use crate::idempotency::Writer;
 use crate::reply::{Outcome, Reply};
@@ -24,6 +27,7 @@ fn updated(participation: Option<super::model::Participation>) -> ApiResult<Repl
     Ok(Reply::written("participation", Outcome::Updated, &participation, || participation.location()))
 }
 
+#[utoipa::path(post, path = "/api/participations", tag = "participations", request_body = CreateBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Participation), (status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
     let (campaign, streamer) = body.0.validate()?;
     let mut conn = writer.begin().await?;
@@ -31,6 +35,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<Htt
     writer.finish(conn, result.map(|(p, outcome)| Reply::written("participation", outcome, &p, || p.location()))).await
 }
 
+#[utoipa::path(get, path = "/api/participations/{id}", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = Participation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let participation = store::get(&mut *state.pool.acquire().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(participation))
@@ -43,6 +48,7 @@ async fn record(writer: Writer, id: &str, delta: ApiResult<Delta>) -> ApiResult<
     writer.finish(conn, result.and_then(updated)).await
 }
 
+#[utoipa::path(post, path = "/api/participations/{id}/impressions", tag = "participations", request_body = ImpressionsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn impressions(
     writer: Writer,
     path: web::Path<String>,
@@ -51,10 +57,12 @@ pub async fn impressions(
     record(writer, &path, body.0.delta()).await
 }
 
+#[utoipa::path(post, path = "/api/participations/{id}/clicks", tag = "participations", request_body = ClickBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn clicks(writer: Writer, path: web::Path<String>, body: JsonBody<ClickBody>) -> ApiResult<HttpResponse> {
     record(writer, &path, body.0.delta()).await
 }
 
+#[utoipa::path(post, path = "/api/participations/{id}/viewer-samples", tag = "participations", request_body = ViewerSampleBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn viewer_samples(
     writer: Writer,
     path: web::Path<String>,
@@ -63,6 +71,7 @@ pub async fn viewer_samples(
     record(writer, &path, body.0.delta()).await
 }
 
+#[utoipa::path(post, path = "/api/participations/{id}/earnings", tag = "participations", request_body = EarningsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn earnings(
     writer: Writer,
     path: web::Path<String>,
@@ -75,6 +84,7 @@ fn tracking_url(state: &AppState, token: &str) -> String {
     format!("{}/api/overlay/{token}", state.public_base_url)
 }
 
+#[utoipa::path(post, path = "/api/participations/{id}/chat-command", tag = "participations", request_body = ChatCommandBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn chat_command(
     state: web::Data<AppState>,
     writer: Writer,
@@ -93,6 +103,7 @@ pub async fn chat_command(
 }
 
 /// Makes the QR code of the tracking URL. Rendering happens before a connection is taken.
+#[utoipa::path(post, path = "/api/participations/{id}/qr-code", tag = "participations", params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn make_qr_code(
     state: web::Data<AppState>,
     writer: Writer,
@@ -108,6 +119,7 @@ pub async fn make_qr_code(
     writer.finish(conn, result.and_then(updated)).await
 }
 
+#[utoipa::path(get, path = "/api/participations/{id}/qr-code.png", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "PNG image", content_type = "image/png"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let png = store::qr_code_png(&mut *state.pool.acquire().await?, path_id(&path)?)
         .await?
@@ -115,6 +127,7 @@ pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) ->
     Ok(HttpResponse::build(StatusCode::OK).content_type("image/png").body(png))
 }
 
+#[utoipa::path(get, path = "/api/overlay/{token}", tag = "participations", params(("token" = String, Path)), responses((status = 200, body = Overlay), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let view = store::overlay(&mut *state.pool.acquire().await?, &path)
         .await?

@@ -126,3 +126,27 @@ async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() 
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test]
+async fn every_route_the_app_serves_is_in_the_openapi_document_and_the_docs_page_is_local() {
+    let app = TestApp::spawn().await;
+    let doc: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in upsertd::startup::ROUTES {
+        assert!(paths.get(*path).and_then(|p| p.get(*method)).is_some(), "{method} {path} is not documented");
+        // The table is what the app registered: each entry answers something other than 404/405.
+        let concrete = path.replace("{session_id}", "s").replace("{id}", "0").replace("{token}", "t");
+        let response =
+            app.client.request(method.to_uppercase().parse().unwrap(), app.url(&concrete)).send().await.unwrap();
+        assert_ne!(response.status(), 405, "{method} {path} is not served");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("no such route"), "{method} {path} is not registered");
+    }
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, upsertd::startup::ROUTES.len(), "the document lists no route the app lacks");
+    let page = app.get("/docs/").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger") && !html.contains("cdn"), "the docs page is served from the binary");
+    assert_eq!(app.get("/docs/swagger-ui.css").await.status(), 200, "its assets too");
+}
