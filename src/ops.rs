@@ -1,3 +1,5 @@
-//! What operators use: health checks (and, as they land, metrics, audit and import).
+//! What operators use: health checks, the audit and the legacy import (and, as they land, metrics).
 
+pub mod audit;
 pub mod health;
+pub mod import;

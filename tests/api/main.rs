@@ -1,9 +1,11 @@
 //! One test binary: every test starts the real HTTP server on a random port, on a fresh
 //! database in a real PostgreSQL (DATABASE_URL's server, or a throwaway local cluster).
 
+mod audit;
 mod cluster;
 mod conversations;
 mod errors;
 mod helpers;
+mod import;
 mod messages;
 mod upload;
