@@ -147,7 +147,9 @@ pub fn main() -> ExitCode {
             Command::Serve => (serve(settings).await.map(|()| ExitCode::SUCCESS), ExitCode::FAILURE),
             Command::Migrate => (migrate(settings).await.map(|()| ExitCode::SUCCESS), ExitCode::FAILURE),
             Command::Audit(args) => (crate::ops::audit::command(&settings, &args).await, ExitCode::from(COULD_NOT_RUN)),
-            Command::Import(args) => (crate::ops::import::command(&settings, &args).await, ExitCode::from(COULD_NOT_RUN)),
+            Command::Import(args) => {
+                (crate::ops::import::command(&settings, &args).await, ExitCode::from(COULD_NOT_RUN))
+            }
         }
     });
     result.unwrap_or_else(|e| {

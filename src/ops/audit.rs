@@ -87,7 +87,10 @@ pub async fn run(conn: &mut PgConnection, data_dir: &Path) -> anyhow::Result<Rep
         Check { name: "counters equal the sums of their events", findings: checks::ledger(conn).await? },
         Check { name: "message counts equal the messages", findings: checks::message_counts(conn).await? },
         Check { name: "audio files on disk match their hash", findings: audio_files(conn, data_dir).await? },
-        Check { name: "no idempotency key stuck past its lease", findings: checks::stuck_idempotency_keys(conn).await? },
+        Check {
+            name: "no idempotency key stuck past its lease",
+            findings: checks::stuck_idempotency_keys(conn).await?,
+        },
     ];
     let clean = checks.iter().all(|check| check.findings.is_empty());
     Ok(Report { clean, checks })
@@ -117,7 +120,8 @@ pub async fn command(settings: &Settings, args: &AuditArgs) -> anyhow::Result<Ex
     let database = Database::open(settings).await?;
     let result = async {
         let mut conn = PgConnection::connect_with(&database.options).await.context("cannot connect to the database")?;
-        let report = run(&mut conn, &settings.data_dir).await.context("the audit could not finish (run `upsertd migrate`?)");
+        let report =
+            run(&mut conn, &settings.data_dir).await.context("the audit could not finish (run `upsertd migrate`?)");
         conn.close().await.ok();
         report
     }

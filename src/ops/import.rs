@@ -144,7 +144,11 @@ async fn run<I: Importer>(conn: &mut PgConnection, args: &ImportArgs, mut import
 
 /// Reads every document and groups them by key. Merging needs all documents of a key together
 /// (messages are stored in timestamp order), so the file is grouped in memory before writing.
-fn read_groups<I: Importer>(args: &ImportArgs, importer: &I, summary: &mut Summary) -> anyhow::Result<Vec<Group<I::Doc>>> {
+fn read_groups<I: Importer>(
+    args: &ImportArgs,
+    importer: &I,
+    summary: &mut Summary,
+) -> anyhow::Result<Vec<Group<I::Doc>>> {
     let mut progress = Progress::new("read");
     let mut groups: Vec<Group<I::Doc>> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();

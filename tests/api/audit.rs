@@ -12,18 +12,30 @@ use uuid::Uuid;
 fn database_url(app: &TestApp) -> String {
     let options = app.pool.connect_options();
     let database = options.get_database().expect("test pools name their database");
-    if let Some(mut url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).and_then(|u| url::Url::parse(&u).ok())
+    if let Some(mut url) =
+        std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).and_then(|u| url::Url::parse(&u).ok())
     {
         url.set_path(database);
         return url.to_string();
     }
     let socket = options.get_socket().expect("the test cluster listens on a socket");
-    format!("postgres://{}@localhost:{}/{database}?host={}", options.get_username(), options.get_port(), socket.display())
+    format!(
+        "postgres://{}@localhost:{}/{database}?host={}",
+        options.get_username(),
+        options.get_port(),
+        socket.display()
+    )
 }
 
 fn audit_binary(database_url: &str, data_dir: &std::path::Path, json: bool) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_upsertd"));
-    command.arg("audit").arg("--database-url").arg(database_url).arg("--data-dir").arg(data_dir).env("RUST_LOG", "warn");
+    command
+        .arg("audit")
+        .arg("--database-url")
+        .arg(database_url)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn");
     if json {
         command.arg("--json");
     }
@@ -46,13 +58,15 @@ async fn stored_audio(app: &TestApp, content: &[u8], on_disk: &[u8]) -> (Uuid, S
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, on_disk).unwrap();
     let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO audio_files (id, sha256, content_type, bytes, analysis) VALUES ($1, $2, 'audio/wav', $3, '{}')")
-        .bind(id)
-        .bind(&sha)
-        .bind(content.len() as i64)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO audio_files (id, sha256, content_type, bytes, analysis) VALUES ($1, $2, 'audio/wav', $3, '{}')",
+    )
+    .bind(id)
+    .bind(&sha)
+    .bind(content.len() as i64)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     (id, sha)
 }
 
@@ -133,7 +147,8 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
     assert_eq!(output.status.code(), Some(1), "a finding exits 1: {}", String::from_utf8_lossy(&output.stderr));
     let json: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
     assert_eq!(json["clean"], false);
-    let findings: usize = json["checks"].as_array().unwrap().iter().map(|c| c["findings"].as_array().unwrap().len()).sum();
+    let findings: usize =
+        json["checks"].as_array().unwrap().iter().map(|c| c["findings"].as_array().unwrap().len()).sum();
     assert_eq!(findings, report.findings().count(), "the JSON report lists the same findings");
 }
 

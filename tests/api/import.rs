@@ -52,15 +52,22 @@ async fn conversations_merge_by_session_id_with_messages_once_in_timestamp_order
     .await
     .unwrap();
     assert_eq!(texts, ["hello", "how are you", "hi", "fine"], "the union, each once, in timestamp order");
-    let s1: (i64, Option<String>, Option<String>, i64) =
-        sqlx::query_as("SELECT message_count, transcript, user_id, version FROM conversations WHERE session_id = 's-1'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let s1: (i64, Option<String>, Option<String>, i64) = sqlx::query_as(
+        "SELECT message_count, transcript, user_id, version FROM conversations WHERE session_id = 's-1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(s1, (4, Some("hello how are you".into()), Some("u1".into()), 1), "fields of both documents");
-    let analysis: serde_json::Value =
-        sqlx::query_scalar("SELECT analysis FROM conversations WHERE session_id = 's-2'").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(analysis, serde_json::json!({"score": 7.5, "at": "2024-02-01T00:00:00+00:00"}), "plain JSON, no $ wrappers");
+    let analysis: serde_json::Value = sqlx::query_scalar("SELECT analysis FROM conversations WHERE session_id = 's-2'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        analysis,
+        serde_json::json!({"score": 7.5, "at": "2024-02-01T00:00:00+00:00"}),
+        "plain JSON, no $ wrappers"
+    );
     let generated: Vec<String> =
         sqlx::query_scalar("SELECT session_id FROM conversations WHERE session_id NOT LIKE 's-%' ORDER BY 1")
             .fetch_all(&app.pool)
@@ -119,9 +126,11 @@ async fn participations_sum_counters_keep_the_earliest_token_and_balance_the_led
     let summary = import(&app, Collection::Participations, "participations.jsonl", false).await;
     assert_eq!(rejected_lines(&summary), [5, 6], "a negative counter and a missing streamerId: {}", summary.render());
     assert_eq!((summary.inserted, summary.merged), (2, 2));
-    let merged: (i64, i64, i64, i64, i64, String, i64, f64, i64, String, Option<String>) = sqlx::query_as(
-        "SELECT impressions, clicks, chat_clicks, qr_scans, link_clicks, estimated_earnings::text, viewer_samples,
-                avg_viewer_count, peak_viewer_count, browser_source_token, chat_command
+    let merged: serde_json::Value = sqlx::query_scalar(
+        "SELECT jsonb_build_object('impressions', impressions, 'clicks', clicks, 'chat_clicks', chat_clicks,
+                    'qr_scans', qr_scans, 'link_clicks', link_clicks, 'earnings', estimated_earnings::text,
+                    'viewer_samples', viewer_samples, 'avg', avg_viewer_count, 'peak', peak_viewer_count,
+                    'token', browser_source_token, 'chat_command', chat_command)
          FROM participations WHERE campaign_id = 'camp1' AND streamer_id = 'streamer_a'",
     )
     .fetch_one(&app.pool)
@@ -129,7 +138,9 @@ async fn participations_sum_counters_keep_the_earliest_token_and_balance_the_led
     .unwrap();
     assert_eq!(
         merged,
-        (16, 3, 1, 0, 1, "1.350001".into(), 4, 20.0, 25, "b".repeat(64), Some("!camp1".into())),
+        serde_json::json!({"impressions": 16, "clicks": 3, "chat_clicks": 1, "qr_scans": 0, "link_clicks": 1,
+            "earnings": "1.350001", "viewer_samples": 4, "avg": 20, "peak": 25, "token": "b".repeat(64),
+            "chat_command": "!camp1"}),
         "sums, the sample-weighted mean, the peak, and the token of the earliest document (2023-12-01)"
     );
     let other: String = sqlx::query_scalar(

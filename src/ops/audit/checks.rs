@@ -175,8 +175,9 @@ pub async fn stuck_idempotency_keys(conn: &mut PgConnection) -> anyhow::Result<V
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let listed =
-        rows.iter().map(|r| format!("{} {} {:?} scope {:?} (lease ended {})", r.method, r.path, r.key, r.scope, r.locked_until));
+    let listed = rows
+        .iter()
+        .map(|r| format!("{} {} {:?} scope {:?} (lease ended {})", r.method, r.path, r.key, r.scope, r.locked_until));
     Ok(vec![finding(
         "idempotency_keys",
         "(scope, method, path, key)",
@@ -214,9 +215,13 @@ pub fn audio_on_disk(store: &AudioStore, stored: Vec<(Uuid, String)>) -> Vec<Fin
             }
         }
     }
-    [(missing, "file is missing"), (unreadable, "file cannot be read"), (altered, "file content does not match its sha256")]
-        .into_iter()
-        .filter(|(rows, _)| !rows.is_empty())
-        .map(|(rows, problem)| finding("audio_files", "sha256", problem, rows))
-        .collect()
+    [
+        (missing, "file is missing"),
+        (unreadable, "file cannot be read"),
+        (altered, "file content does not match its sha256"),
+    ]
+    .into_iter()
+    .filter(|(rows, _)| !rows.is_empty())
+    .map(|(rows, problem)| finding("audio_files", "sha256", problem, rows))
+    .collect()
 }

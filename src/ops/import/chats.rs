@@ -2,7 +2,9 @@
 //! collides as soon as an id holds `_`), `createdAt`. The key is always recomputed from the
 //! participants, so one chat is kept per group; every legacy `_id` maps to the kept chat's id.
 
-use super::{extjson, is_participant_id, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary};
+use super::{
+    extjson, is_participant_id, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary,
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -36,7 +38,10 @@ impl Importer for Chats {
         participants.sort();
         participants.dedup();
         if !(2..=MAX_PARTICIPANTS).contains(&participants.len()) {
-            return Err(format!("participants: {} distinct ids, a chat has 2 to {MAX_PARTICIPANTS}", participants.len()));
+            return Err(format!(
+                "participants: {} distinct ids, a chat has 2 to {MAX_PARTICIPANTS}",
+                participants.len()
+            ));
         }
         let key = participants.join(",");
         let fixes = match extjson::string(doc, "participantsKey")? {
@@ -48,7 +53,12 @@ impl Importer for Chats {
         Ok(Parsed { key, doc: Chat { participants, created_at }, fixes })
     }
 
-    async fn write(&mut self, tx: &mut PgConnection, groups: &[Group<Chat>], summary: &mut Summary) -> anyhow::Result<()> {
+    async fn write(
+        &mut self,
+        tx: &mut PgConnection,
+        groups: &[Group<Chat>],
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
         for group in groups {
             let first = &group.docs[0].doc;
             let created_at = group.docs.iter().filter_map(|d| d.doc.created_at).min();
@@ -75,9 +85,11 @@ impl Importer for Chats {
             summary.count(outcome);
             let sources: Vec<String> = group.docs.iter().map(|d| d.source_id.clone()).collect();
             record_sources(tx, Collection::Chats, &sources, &vec![chat_id; sources.len()]).await?;
-            summary.map.extend(
-                sources.into_iter().map(|source_id| MapRow { source_id, target_id: chat_id, key: group.key.clone() }),
-            );
+            summary.map.extend(sources.into_iter().map(|source_id| MapRow {
+                source_id,
+                target_id: chat_id,
+                key: group.key.clone(),
+            }));
         }
         Ok(())
     }

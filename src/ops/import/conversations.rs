@@ -83,7 +83,8 @@ fn message(doc: &Value, fixes: &mut Vec<&'static str>) -> Result<Message, String
             fixes.push("message role assistant stored as bot");
             "bot"
         }
-        other => return Err(format!("role: {other:?} is not user or bot")),
+        Some(other) => return Err(format!("role: {other:?} is not user or bot")),
+        None => return Err("role: missing".into()),
     };
     Ok(Message {
         legacy_id: extjson::field(doc, "_id").and_then(extjson::id),
@@ -103,7 +104,9 @@ impl Importer for Conversations {
     fn parse(&self, doc: &Value) -> Result<Parsed<Conversation>, String> {
         let session_id = extjson::string(doc, "sessionId")?.filter(|s| !s.is_empty());
         let key = match session_id {
-            Some(raw) => SessionId::parse("sessionId", &raw).map_err(|e| format!("{}: {}", e.field, e.message))?.to_string(),
+            Some(raw) => {
+                SessionId::parse("sessionId", &raw).map_err(|e| format!("{}: {}", e.field, e.message))?.to_string()
+            }
             None => format!("{NO_SESSION}{}", super::source_id(doc)),
         };
         let mut fixes = Vec::new();

@@ -116,7 +116,11 @@ impl Importer for Participations {
             campaign_id,
             streamer_id,
         };
-        Ok(Parsed { key: format!("{},{}", participation.campaign_id, participation.streamer_id), doc: participation, fixes })
+        Ok(Parsed {
+            key: format!("{},{}", participation.campaign_id, participation.streamer_id),
+            doc: participation,
+            fixes,
+        })
     }
 
     async fn write(
