@@ -26,7 +26,14 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Check keys, constraints, counters and audio files. Exit 0 clean, 1 on a finding, 2 if it could not check.
+    Audit(crate::ops::audit::AuditArgs),
+    /// Load a mongoexport of the legacy apps, merging duplicates. Exit 0, 1 if documents were rejected, 2 on failure.
+    Import(crate::ops::import::ImportArgs),
 }
+
+/// Exit status of `audit` and `import` when they could not do their job at all.
+const COULD_NOT_RUN: u8 = 2;
 
 /// A duration written as `90`, `90s`, `500ms`, `15m`, `24h` or `7d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,19 +167,22 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    let settings = cli.settings;
+    // Each command reports its own exit status; an error exits with the command's failure status.
+    let (result, failure) = runtime.block_on(async {
         match command {
-            Command::Serve => serve(cli.settings).await,
-            Command::Migrate => migrate(cli.settings).await,
+            Command::Serve => (serve(settings).await.map(|()| ExitCode::SUCCESS), ExitCode::FAILURE),
+            Command::Migrate => (migrate(settings).await.map(|()| ExitCode::SUCCESS), ExitCode::FAILURE),
+            Command::Audit(args) => (crate::ops::audit::command(&settings, &args).await, ExitCode::from(COULD_NOT_RUN)),
+            Command::Import(args) => {
+                (crate::ops::import::command(&settings, &args).await, ExitCode::from(COULD_NOT_RUN))
+            }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("upsertd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("upsertd: {e:#}");
+        failure
+    })
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {

@@ -1,12 +1,14 @@
 //! One test binary: every test starts the real HTTP server on a random port, on a fresh
 //! database in a real PostgreSQL (DATABASE_URL's server, or a throwaway local cluster).
 
+mod audit;
 mod chats;
 mod cluster;
 mod conversations;
 mod errors;
 mod helpers;
 mod idempotency;
+mod import;
 mod messages;
 mod operations;
 mod participations;
