@@ -21,11 +21,21 @@ pub struct Server {
 /// `cargo build --release` in the repository root (the parent of bench/).
 pub fn build(repo: &Path) -> anyhow::Result<PathBuf> {
     eprintln!("bench: building upsertd (cargo build --release in {})", repo.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--bin", "upsertd"])
-        .current_dir(repo)
-        .status()
-        .context("could not run cargo")?;
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["build", "--release", "--bin", "upsertd"]).current_dir(repo);
+    // `cargo run` hands the bench its own package's variables; build scripts of the service's
+    // dependencies (ring, sqlx) watch some of them, and would rebuild for nothing.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "OUT_DIR"
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command.status().context("could not run cargo")?;
     if !status.success() {
         bail!("cargo build --release failed ({status})");
     }
