@@ -76,7 +76,7 @@ pub const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "legacy",
-        about: "the legacy pattern on the same 100 hot ids: SELECT, then INSERT if missing (else UPDATE), two autocommit statements from a plain PostgreSQL client; counts unique violations",
+        about: "the legacy pattern: SELECT, then INSERT if missing (else UPDATE), two autocommit statements from a plain PostgreSQL client, each new session id saved by 4 requests at once (retry storm); counts unique violations",
         pgbench: None,
     },
     Workload {
