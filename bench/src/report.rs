@@ -459,7 +459,7 @@ pub fn chart(points: &[Point], path: &Path) -> anyhow::Result<()> {
 
     let mut workloads: Vec<&str> = Vec::new();
     for p in points {
-        if p.workload != "legacy" && !workloads.contains(&p.workload.as_str()) {
+        if !workloads.contains(&p.workload.as_str()) {
             workloads.push(&p.workload);
         }
     }
@@ -473,37 +473,49 @@ pub fn chart(points: &[Point], path: &Path) -> anyhow::Result<()> {
     let (title, body) = root.split_vertically(50);
     title
         .titled("upsertd (HTTP) vs pgbench (same SQL, same cluster): throughput vs connections", ("sans-serif", 24))?;
-    let max_c = points.iter().map(|p| p.connections).max().unwrap_or(64).max(2) as f64;
+    // Connection counts are evenly spaced categories (1, 8, 32, 64), labelled with their value.
+    let mut conns: Vec<usize> = points.iter().map(|p| p.connections).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    let slot = |c: usize| conns.iter().position(|&x| x == c).unwrap_or(0) as f64;
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < conns.len() {
+            conns[i as usize].to_string()
+        } else {
+            String::new()
+        }
+    };
     let series: [(&str, RGBColor); 3] = [("upsertd", BLUE), ("pgbench", RED), ("legacy", RGBColor(90, 90, 90))];
     for (area, workload) in body.split_evenly((rows, cols)).iter().zip(&workloads) {
         let line = |system: &str| -> Vec<(f64, f64)> {
             let mut v: Vec<(f64, f64)> = points
                 .iter()
-                .filter(|p| {
-                    p.status == "ok"
-                        && p.system == system
-                        && (p.workload == *workload || (system == "legacy" && *workload == "save-analysis-hot"))
-                })
-                .map(|p| (p.connections as f64, p.rps))
+                .filter(|p| p.status == "ok" && p.system == system && p.workload == *workload)
+                .map(|p| (slot(p.connections), p.rps))
                 .collect();
             v.sort_by(|a, b| a.0.total_cmp(&b.0));
             v
         };
         let ymax = series.iter().flat_map(|(s, _)| line(s)).map(|(_, y)| y).fold(0.0, f64::max).max(1.0) * 1.15;
         let missing = points.iter().any(|p| p.workload == *workload && p.status.starts_with("n/a"));
-        let caption = if missing { format!("{workload} (upsertd: route missing)") } else { workload.to_string() };
+        let caption = match (*workload, missing) {
+            ("legacy", _) => "legacy: SELECT then INSERT (retry storm)".to_string(),
+            (w, true) => format!("{w} (upsertd: route missing)"),
+            (w, false) => w.to_string(),
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 18))
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(55)
-            .build_cartesian_2d((1f64..max_c * 1.2).log_scale(), 0f64..ymax)?;
+            .build_cartesian_2d(-0.3f64..(conns.len() as f64 - 0.7), 0f64..ymax)?;
         chart
             .configure_mesh()
             .x_desc("connections")
             .y_desc("req/s")
-            .x_labels(8)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_labels(conns.len())
+            .x_label_formatter(&label)
             .y_label_formatter(&|y| format!("{y:.0}"))
             .label_style(("sans-serif", 12))
             .draw()?;
