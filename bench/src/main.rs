@@ -1,0 +1,521 @@
+//! `bench`: load benchmark for upsertd. See bench/README.md.
+//!
+//! Builds and starts upsertd (release) on its own durable PostgreSQL cluster, drives each
+//! workload over HTTP/1.1 keep-alive at several connection counts, runs pgbench against the
+//! same cluster with the same SQL (the ceiling) and the legacy SELECT-then-INSERT pattern, and
+//! writes a table, CSV, JSON and a chart.
+
+mod load;
+mod pg;
+mod report;
+mod server;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hyper::Method;
+use load::Req;
+use report::Point;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "bench", about = "Load benchmark: upsertd over HTTP beside pgbench on the same cluster")]
+struct Args {
+    /// Run every workload.
+    #[arg(long)]
+    all: bool,
+    /// Run only these workloads (repeatable or comma-separated); see --list.
+    #[arg(long, value_delimiter = ',')]
+    workload: Vec<String>,
+    /// List the workloads and exit.
+    #[arg(long)]
+    list: bool,
+    /// Seconds per measured point (workload x system x connection count).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Connection counts (HTTP connections, pgbench clients).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    connections: Vec<usize>,
+    /// Use this PostgreSQL instead of upsertd's embedded cluster (passed to upsertd and pgbench).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Skip `cargo build --release` and use this upsertd binary.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Skip the pgbench and legacy runs (upsertd only).
+    #[arg(long)]
+    no_pgbench: bool,
+    /// Where results go (default: bench/out).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not copy the chart and table to bench/chart.png and bench/RESULTS.md.
+    #[arg(long)]
+    no_publish: bool,
+}
+
+pub struct Workload {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// pgbench script under bench/pgbench with the same SQL (the ceiling).
+    pub pgbench: Option<&'static str>,
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload { name: "healthz", about: "GET /healthz: no database; the load generator's own ceiling", pgbench: None },
+    Workload {
+        name: "save-analysis-new",
+        about: "POST /api/save-analysis, a new session id every request (insert path)",
+        pgbench: Some("save-analysis-new.sql"),
+    },
+    Workload {
+        name: "save-analysis-hot",
+        about: "POST /api/save-analysis on 100 hot session ids, new analysis each time (update path, retry storm)",
+        pgbench: Some("save-analysis-hot.sql"),
+    },
+    Workload {
+        name: "legacy",
+        about: "the legacy pattern: SELECT, then INSERT if missing (else UPDATE), two autocommit statements from a plain PostgreSQL client, each new session id saved by 4 requests at once (retry storm); counts unique violations",
+        pgbench: None,
+    },
+    Workload {
+        name: "chats",
+        about: "POST /api/chats create-or-get over 1,000 two-person groups",
+        pgbench: Some("chats.sql"),
+    },
+    Workload {
+        name: "clicks",
+        about: "POST /api/participations/{id}/clicks {\"type\":\"chat\"} on one hot participation, no Idempotency-Key",
+        pgbench: Some("clicks.sql"),
+    },
+    Workload {
+        name: "clicks-keyed",
+        about: "the same clicks, each with its own Idempotency-Key",
+        pgbench: Some("clicks.sql"),
+    },
+    Workload {
+        name: "append-big",
+        about: "POST /api/conversations/{sid}/messages, one message, to a conversation holding 100,000 messages",
+        pgbench: Some("append.sql"),
+    },
+    Workload {
+        name: "append-empty",
+        about: "the same append to a conversation that is empty when the point starts",
+        pgbench: Some("append.sql"),
+    },
+];
+
+/// What the run knows once the server is up.
+struct Ctx {
+    addr: std::net::SocketAddr,
+    conninfo: String,
+    run: String,
+    server_pid: u32,
+    duration: Duration,
+    bench_dir: PathBuf,
+    out_dir: PathBuf,
+    /// (upsertd participation id or None when the route is missing, pgbench participation id)
+    participation: Option<(Option<String>, String)>,
+    big: Option<(String, String)>,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.list {
+        for w in WORKLOADS {
+            println!("{:<18} {}", w.name, w.about);
+        }
+        return Ok(());
+    }
+    let selected: Vec<&Workload> = if args.all || args.workload.is_empty() {
+        WORKLOADS.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for name in &args.workload {
+            let Some(w) = WORKLOADS.iter().find(|w| w.name == name.as_str()) else {
+                bail!("unknown workload {name:?}; --list shows them");
+            };
+            v.push(w);
+        }
+        v
+    };
+    if args.duration == 0 || args.connections.is_empty() || args.connections.contains(&0) {
+        bail!("--duration and every --connections value must be at least 1");
+    }
+    let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let repo = bench_dir.parent().context("bench/ has a parent")?.to_path_buf();
+    let out_dir = args.out.clone().unwrap_or_else(|| bench_dir.join("out"));
+    std::fs::create_dir_all(&out_dir)?;
+
+    let binary = match &args.server_bin {
+        Some(path) => path.clone(),
+        None => server::build(&repo)?,
+    };
+    let server = server::Server::start(&binary, args.database_url.as_deref(), &out_dir)?;
+    eprintln!("bench: upsertd pid {} on http://{}; database {}", server.pid(), server.addr, server.conninfo);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut ctx = Ctx {
+        addr: server.addr,
+        conninfo: server.conninfo.clone(),
+        run: format!("r{stamp}"),
+        server_pid: server.pid(),
+        duration: Duration::from_secs(args.duration),
+        bench_dir: bench_dir.clone(),
+        out_dir: out_dir.clone(),
+        participation: None,
+        big: None,
+    };
+    let mut points = Vec::new();
+    for workload in &selected {
+        for &connections in &args.connections {
+            if workload.name == "legacy" {
+                if !args.no_pgbench {
+                    points.push(legacy_point(&ctx, connections));
+                }
+                continue;
+            }
+            points.push(http_point(&mut ctx, workload, connections));
+            if let (Some(script), false) = (workload.pgbench, args.no_pgbench) {
+                points.push(pgbench_point(&mut ctx, workload, script, connections));
+            }
+        }
+    }
+    let (_, peak_rss) = server::rss_mib(server.pid());
+    let stopped = server.stop();
+    let meta = report::Meta::collect(&args_line(&args), args.duration, peak_rss, &repo);
+    report::write_all(&points, &meta, &out_dir)?;
+    if !args.no_publish {
+        std::fs::copy(out_dir.join("RESULTS.md"), bench_dir.join("RESULTS.md"))?;
+        if out_dir.join("chart.png").exists() {
+            std::fs::copy(out_dir.join("chart.png"), bench_dir.join("chart.png"))?;
+        }
+    }
+    if let Err(e) = stopped {
+        eprintln!("bench: warning: {e:#}");
+    }
+    Ok(())
+}
+
+fn args_line(args: &Args) -> String {
+    let mut line = String::from("cargo run --release --manifest-path bench/Cargo.toml --");
+    if args.all || args.workload.is_empty() {
+        line.push_str(" --all");
+    } else {
+        line.push_str(&format!(" --workload {}", args.workload.join(",")));
+    }
+    line.push_str(&format!(
+        " --duration {} --connections {}",
+        args.duration,
+        args.connections.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    ));
+    line
+}
+
+fn blank(workload: &str, system: &str, connections: usize) -> Point {
+    Point {
+        workload: workload.to_string(),
+        system: system.to_string(),
+        connections,
+        status: "ok".into(),
+        ..Default::default()
+    }
+}
+
+/// Share of the whole machine's CPU time that was busy, from /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total, idle)
+}
+
+fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.0.saturating_sub(before.0) as f64;
+    let idle = after.1.saturating_sub(before.1) as f64;
+    if total == 0.0 {
+        0.0
+    } else {
+        100.0 * (total - idle) / total
+    }
+}
+
+/// Samples the server's RSS while a point runs.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<Mutex<f64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(Mutex::new(0.0f64));
+        let (s, m) = (stop.clone(), max.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let (rss, _) = server::rss_mib(pid);
+                let mut max = m.lock().expect("not poisoned");
+                *max = max.max(rss);
+                drop(max);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, max, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let max = *self.max.lock().expect("not poisoned");
+        max
+    }
+}
+
+/// Prepares what a workload needs; `Ok(None)` when its route is missing.
+fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<Option<load::Builder>> {
+    let run = ctx.run.clone();
+    let post = |path: String, body: String, key: Option<String>| Req {
+        method: Method::POST,
+        path,
+        body: Some(body),
+        idempotency_key: key,
+    };
+    Ok(Some(match workload {
+        "healthz" => {
+            Arc::new(|_| Req { method: Method::GET, path: "/healthz".into(), body: None, idempotency_key: None })
+        }
+        "save-analysis-new" => Arc::new(move |n| {
+            post(
+                "/api/save-analysis".into(),
+                format!(
+                    r#"{{"session_id":"new-{run}-c{connections}-{n}","transcript":"hello world {n}","analysis":{{"score":{},"n":{n}}}}}"#,
+                    n % 10
+                ),
+                None,
+            )
+        }),
+        "save-analysis-hot" => Arc::new(move |n| {
+            post(
+                "/api/save-analysis".into(),
+                format!(
+                    r#"{{"session_id":"hot-{run}-{}","transcript":"hello world {n}","analysis":{{"score":{},"n":{n}}}}}"#,
+                    n % 100,
+                    n % 10
+                ),
+                None,
+            )
+        }),
+        "chats" => Arc::new(move |n| {
+            let g = n % 1000;
+            post("/api/chats".into(), format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#), None)
+        }),
+        "clicks" | "clicks-keyed" => {
+            let Some(id) = participation(ctx)?.0 else { return Ok(None) };
+            let keyed = workload == "clicks-keyed";
+            Arc::new(move |n| {
+                post(
+                    format!("/api/participations/{id}/clicks"),
+                    r#"{"type":"chat"}"#.into(),
+                    keyed.then(|| format!("bench-{run}-c{connections}-{n}")),
+                )
+            })
+        }
+        "append-big" => {
+            let sid = big(ctx)?.0;
+            Arc::new(move |n| append(&sid, n))
+        }
+        "append-empty" => {
+            let sid = format!("empty-{run}-c{connections}");
+            Arc::new(move |n| append(&sid, n))
+        }
+        other => bail!("no HTTP driver for {other}"),
+    }))
+}
+
+fn append(sid: &str, n: u64) -> Req {
+    Req {
+        method: Method::POST,
+        path: format!("/api/conversations/{sid}/messages"),
+        body: Some(format!(r#"{{"messages":[{{"role":"user","text":"message {n}"}}]}}"#)),
+        idempotency_key: None,
+    }
+}
+
+/// The hot participation: one made over HTTP (None when the route is missing) and one made
+/// with SQL for pgbench.
+fn participation(ctx: &mut Ctx) -> anyhow::Result<(Option<String>, String)> {
+    if let Some(p) = &ctx.participation {
+        return Ok(p.clone());
+    }
+    let run = &ctx.run;
+    let (status, body) = load::once(
+        ctx.addr,
+        Req {
+            method: Method::POST,
+            path: "/api/participations".into(),
+            body: Some(format!(r#"{{"campaign_id":"bench-{run}","streamer_id":"s1"}}"#)),
+            idempotency_key: None,
+        },
+    )?;
+    let http_id = match status {
+        200 | 201 => {
+            let value: serde_json::Value = serde_json::from_str(&body).context("participation body")?;
+            Some(value["id"].as_str().context("participation without id")?.to_string())
+        }
+        404 | 405 => None,
+        other => bail!("POST /api/participations answered {other}: {body}"),
+    };
+    let pg_id = pg::execute(
+        &ctx.conninfo,
+        &[format!(
+            "INSERT INTO participations (id, campaign_id, streamer_id, browser_source_token) \
+             VALUES (gen_random_uuid(), 'pgb-{run}', 'pgb-s1', md5(random()::text) || md5(random()::text)) RETURNING id"
+        )],
+    )?
+    .context("no participation id returned")?;
+    ctx.participation = Some((http_id, pg_id));
+    Ok(ctx.participation.clone().expect("set"))
+}
+
+/// The 100,000-message conversations: one for upsertd (created by one append over HTTP) and
+/// one for pgbench, both filled with SQL.
+fn big(ctx: &mut Ctx) -> anyhow::Result<(String, String)> {
+    if let Some(b) = &ctx.big {
+        return Ok(b.clone());
+    }
+    let (http_sid, pg_sid) = (format!("big-{}", ctx.run), format!("pgb-big-{}", ctx.run));
+    let (status, body) = load::once(ctx.addr, append(&http_sid, 0))?;
+    if status != 201 && status != 200 {
+        bail!("creating {http_sid} answered {status}: {body}");
+    }
+    eprintln!("bench: filling two conversations with 100,000 messages each");
+    let fill = |sid: &str| {
+        vec![
+            format!(
+                "INSERT INTO messages (id, conversation_id, role, text) \
+                 SELECT gen_random_uuid(), c.id, 'user', 'x' FROM conversations c, generate_series(1, 100000) \
+                 WHERE c.session_id = '{sid}'"
+            ),
+            format!("UPDATE conversations SET message_count = message_count + 100000 WHERE session_id = '{sid}'"),
+        ]
+    };
+    let mut sql = vec![format!("INSERT INTO conversations (id, session_id) VALUES (gen_random_uuid(), '{pg_sid}')")];
+    sql.extend(fill(&http_sid));
+    sql.extend(fill(&pg_sid));
+    sql.push("VACUUM ANALYZE messages".into());
+    sql.push("CHECKPOINT".into());
+    pg::execute(&ctx.conninfo, &sql)?;
+    ctx.big = Some((http_sid, pg_sid));
+    Ok(ctx.big.clone().expect("set"))
+}
+
+fn http_point(ctx: &mut Ctx, workload: &Workload, connections: usize) -> Point {
+    let mut point = blank(workload.name, "upsertd", connections);
+    let build = match builder(ctx, workload.name, connections) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            point.status = "n/a (route missing)".into();
+            report::progress(&point);
+            return point;
+        }
+        Err(e) => {
+            point.status = format!("failed: {e:#}");
+            report::progress(&point);
+            return point;
+        }
+    };
+    let cpu0 = cpu_ticks();
+    let rss = RssSampler::start(ctx.server_pid);
+    let mut outcome = load::run(ctx.addr, build, connections, ctx.duration);
+    point.server_rss_mib = rss.finish();
+    point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+    point.server_peak_rss_mib = server::rss_mib(ctx.server_pid).1;
+    let secs = outcome.elapsed.as_secs_f64();
+    point.requests = outcome.completed();
+    point.ok = outcome.ok;
+    point.rps = outcome.completed() as f64 / secs;
+    point.errors_4xx = outcome.client_errors;
+    point.errors_5xx = outcome.server_errors;
+    point.transport_errors = outcome.transport_errors;
+    point.client_cpu_pct = 100.0 * outcome.cpu.as_secs_f64() / secs;
+    (point.p50_ms, point.p99_ms) = load::percentiles(&mut outcome.latencies_us);
+    point.first_error = outcome.first_error.clone();
+    if outcome.ok == 0 && outcome.route_missing > 0 {
+        point.status = "n/a (route missing)".into();
+        point.rps = 0.0;
+    } else {
+        point.errors_4xx += outcome.route_missing;
+    }
+    report::progress(&point);
+    point
+}
+
+fn pgbench_point(ctx: &mut Ctx, workload: &Workload, script: &str, connections: usize) -> Point {
+    let mut point = blank(workload.name, "pgbench", connections);
+    let vars: anyhow::Result<Vec<(&str, String)>> = match workload.name {
+        "clicks" | "clicks-keyed" => participation(ctx).map(|p| vec![("pid", p.1)]),
+        "append-big" => big(ctx).map(|b| vec![("sid", b.1)]),
+        "append-empty" => Ok(vec![("sid", format!("pgb-empty-{}-c{connections}", ctx.run))]),
+        _ => Ok(Vec::new()),
+    };
+    let script_path = ctx.bench_dir.join("pgbench").join(script);
+    let log_dir = ctx.out_dir.join("pgbench-log");
+    let cpu0 = cpu_ticks();
+    let result = vars.and_then(|vars| {
+        pg::pgbench(&ctx.conninfo, &script_path, connections, ctx.duration.as_secs(), &vars, &log_dir)
+    });
+    point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+    match result {
+        Ok(r) => {
+            point.requests = r.transactions;
+            point.ok = r.transactions;
+            point.rps = r.tps;
+            point.p50_ms = r.p50_ms;
+            point.p99_ms = r.p99_ms;
+            point.errors_5xx = r.failed;
+            point.client_cpu_pct = 100.0 * r.cpu.as_secs_f64() / r.elapsed.as_secs_f64();
+            if let Some(why) = r.aborted {
+                point.status = format!("failed: pgbench: {why}");
+            }
+        }
+        Err(e) => point.status = format!("failed: {e:#}"),
+    }
+    report::progress(&point);
+    point
+}
+
+fn legacy_point(ctx: &Ctx, connections: usize) -> Point {
+    let mut point = blank("legacy", "legacy", connections);
+    let cpu0 = cpu_ticks();
+    let prefix = format!("legacy-{}-c{connections}", ctx.run);
+    match pg::legacy(&ctx.conninfo, prefix, connections, ctx.duration) {
+        Ok(mut r) => {
+            point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+            let secs = r.elapsed.as_secs_f64();
+            point.ok = r.ok;
+            point.requests = r.ok + r.unique_violations + r.other_errors;
+            point.rps = point.requests as f64 / secs;
+            point.unique_violations = r.unique_violations;
+            point.errors_5xx = r.unique_violations + r.other_errors;
+            point.client_cpu_pct = 100.0 * r.cpu.as_secs_f64() / secs;
+            (point.p50_ms, point.p99_ms) = load::percentiles(&mut r.latencies_us);
+        }
+        Err(e) => point.status = format!("failed: {e:#}"),
+    }
+    report::progress(&point);
+    point
+}
