@@ -32,11 +32,11 @@ mod store;
 mod writer;
 
 pub use guard::{guard, Scope};
-pub use store::purge_expired;
+pub use store::{complete, live_claims, purge_expired, StoredResponse};
 pub use writer::{WriteConn, Writer};
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long keys are kept and leased.
@@ -55,15 +55,15 @@ pub struct Claim {
     pub path: String,
     pub claim_id: uuid::Uuid,
     /// Set once the response is stored with the effect, so the guard does not store it again.
-    completed: Rc<Cell<bool>>,
+    completed: Arc<AtomicBool>,
 }
 
 impl Claim {
-    fn mark_completed(&self) {
-        self.completed.set(true);
+    pub(crate) fn mark_completed(&self) {
+        self.completed.store(true, Ordering::Release);
     }
 
     fn is_completed(&self) -> bool {
-        self.completed.get()
+        self.completed.load(Ordering::Acquire)
     }
 }

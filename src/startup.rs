@@ -28,6 +28,7 @@ pub struct AppState {
     /// Origin of the URLs handed out (tracking, QR code), without a trailing slash.
     pub public_base_url: String,
     pub idempotency: IdempotencyConfig,
+    pub counters: crate::participations::batcher::Batcher,
 }
 
 pub struct Application {
@@ -59,6 +60,7 @@ impl Application {
                 .trim_end_matches('/')
                 .to_owned(),
             idempotency,
+            counters: Default::default(),
         });
         let json_limit = JsonLimit(settings.max_json_bytes);
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));

@@ -14,8 +14,6 @@ use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use std::cell::Cell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub const HEADER: &str = "idempotency-key";
@@ -54,7 +52,7 @@ pub async fn guard(
         method: req.method().to_string(),
         path: req.path().to_owned(),
         claim_id: uuid::Uuid::new_v4(),
-        completed: Rc::new(Cell::new(false)),
+        completed: Default::default(),
     };
     match wait_for_claim(&state, &claim, &fingerprint).await {
         Ok(Claimed::Ours) => {}
@@ -174,6 +172,6 @@ async fn settle(
         .collect();
     let stored = StoredResponse { status: head.status().as_u16(), headers, body: body.to_vec() };
     let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
-    store::complete(&mut conn, claim, &stored).await?;
+    store::complete(&mut conn, std::slice::from_ref(claim), &stored).await?;
     Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))
 }

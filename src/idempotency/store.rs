@@ -5,6 +5,7 @@ use crate::error::ApiResult;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// A response as stored: enough to replay it byte for byte.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -12,6 +13,16 @@ pub struct StoredResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl From<&crate::reply::Reply> for StoredResponse {
+    fn from(reply: &crate::reply::Reply) -> Self {
+        Self {
+            status: reply.status.as_u16(),
+            headers: reply.headers.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
+            body: reply.body.clone(),
+        }
+    }
 }
 
 /// What a claim attempt found.
@@ -84,25 +95,49 @@ pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: Ide
     }
 }
 
-/// Stores the response on the claimed row, fenced by `claim_id`. `false`: the claim was taken
-/// over (our lease ran out), and the caller must not commit its effect.
-pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredResponse) -> ApiResult<bool> {
+/// Locks the claims that are still ours (not taken over after a lease ran out) until commit,
+/// and returns their ids: only requests whose claim is live may take effect.
+pub async fn live_claims(conn: &mut PgConnection, claims: &[Claim]) -> ApiResult<Vec<Uuid>> {
+    let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    Ok(sqlx::query_scalar!(
+        r#"SELECT k.claim_id FROM idempotency_keys k
+           JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[]) AS c(scope, method, path, key, claim_id)
+             ON (k.scope, k.method, k.path, k.key, k.claim_id) = (c.scope, c.method, c.path, c.key, c.claim_id)
+           FOR UPDATE OF k"#,
+        &column(|c| &c.scope) as &[&str],
+        &column(|c| &c.method) as &[&str],
+        &column(|c| &c.path) as &[&str],
+        &column(|c| &c.key) as &[&str],
+        &ids,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Stores the response on the claimed rows (a coalesced batch answers all alike), fenced by
+/// `claim_id`. `false`: some claim was taken over (its lease ran out), and the caller must
+/// not commit its effect.
+pub async fn complete(conn: &mut PgConnection, claims: &[Claim], response: &StoredResponse) -> ApiResult<bool> {
+    let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<_>>();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
     let stored = sqlx::query!(
-        "UPDATE idempotency_keys
-         SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
-         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5",
-        claim.scope,
-        claim.method,
-        claim.path,
-        claim.key,
-        claim.claim_id,
+        r#"UPDATE idempotency_keys k
+           SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[]) AS c(scope, method, path, key, claim_id)
+           WHERE (k.scope, k.method, k.path, k.key, k.claim_id) = (c.scope, c.method, c.path, c.key, c.claim_id)"#,
+        &column(|c| &c.scope) as &[&str],
+        &column(|c| &c.method) as &[&str],
+        &column(|c| &c.path) as &[&str],
+        &column(|c| &c.key) as &[&str],
+        &ids,
         response.status as i16,
         serde_json::to_value(&response.headers).expect("header pairs serialise"),
         response.body,
     )
     .execute(conn)
     .await?;
-    Ok(stored.rows_affected() == 1)
+    Ok(stored.rows_affected() == claims.len() as u64)
 }
 
 /// Gives a key back after a 5xx, so the client's retry runs the request again.

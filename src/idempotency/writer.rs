@@ -57,6 +57,11 @@ impl DerefMut for WriteConn {
 }
 
 impl Writer {
+    /// The claimed key, for writes that store their answer themselves (coalesced counters).
+    pub fn claim(&self) -> Option<Claim> {
+        self.claim.clone()
+    }
+
     pub async fn begin(&self) -> ApiResult<WriteConn> {
         Ok(match self.claim {
             Some(_) => WriteConn::Tx(self.pool.begin().await?),
@@ -69,12 +74,7 @@ impl Writer {
     pub async fn finish(&self, conn: WriteConn, result: ApiResult<Reply>) -> ApiResult<HttpResponse> {
         let reply = result?;
         if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
-            let stored = StoredResponse {
-                status: reply.status.as_u16(),
-                headers: reply.headers.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
-                body: reply.body.clone(),
-            };
-            if !store::complete(&mut tx, claim, &stored).await? {
+            if !store::complete(&mut tx, std::slice::from_ref(claim), &StoredResponse::from(&reply)).await? {
                 // Our lease ran out and a retry owns the key now: its run counts, not ours.
                 return Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 });
             }

@@ -41,43 +41,56 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     Ok(HttpResponse::Ok().json(participation))
 }
 
-async fn record(writer: Writer, id: &str, delta: ApiResult<Delta>) -> ApiResult<HttpResponse> {
+/// Counter writes go through the batcher, which coalesces concurrent writes to one row.
+async fn record(
+    state: web::Data<AppState>,
+    writer: Writer,
+    id: &str,
+    delta: ApiResult<Delta>,
+) -> ApiResult<HttpResponse> {
     let (id, delta) = (path_id(id)?, delta?);
-    let mut conn = writer.begin().await?;
-    let result = store::apply(&mut conn, id, &delta).await;
-    writer.finish(conn, result.and_then(updated)).await
+    let reply = state.counters.apply(&state.pool, id, delta, writer.claim()).await?;
+    Ok(reply.into_response())
 }
 
 #[utoipa::path(post, path = "/api/participations/{id}/impressions", tag = "participations", request_body = ImpressionsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn impressions(
+    state: web::Data<AppState>,
     writer: Writer,
     path: web::Path<String>,
     body: JsonBody<ImpressionsBody>,
 ) -> ApiResult<HttpResponse> {
-    record(writer, &path, body.0.delta()).await
+    record(state, writer, &path, body.0.delta()).await
 }
 
 #[utoipa::path(post, path = "/api/participations/{id}/clicks", tag = "participations", request_body = ClickBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
-pub async fn clicks(writer: Writer, path: web::Path<String>, body: JsonBody<ClickBody>) -> ApiResult<HttpResponse> {
-    record(writer, &path, body.0.delta()).await
+pub async fn clicks(
+    state: web::Data<AppState>,
+    writer: Writer,
+    path: web::Path<String>,
+    body: JsonBody<ClickBody>,
+) -> ApiResult<HttpResponse> {
+    record(state, writer, &path, body.0.delta()).await
 }
 
 #[utoipa::path(post, path = "/api/participations/{id}/viewer-samples", tag = "participations", request_body = ViewerSampleBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn viewer_samples(
+    state: web::Data<AppState>,
     writer: Writer,
     path: web::Path<String>,
     body: JsonBody<ViewerSampleBody>,
 ) -> ApiResult<HttpResponse> {
-    record(writer, &path, body.0.delta()).await
+    record(state, writer, &path, body.0.delta()).await
 }
 
 #[utoipa::path(post, path = "/api/participations/{id}/earnings", tag = "participations", request_body = EarningsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn earnings(
+    state: web::Data<AppState>,
     writer: Writer,
     path: web::Path<String>,
     body: JsonBody<EarningsBody>,
 ) -> ApiResult<HttpResponse> {
-    record(writer, &path, body.0.delta()).await
+    record(state, writer, &path, body.0.delta()).await
 }
 
 fn tracking_url(state: &AppState, token: &str) -> String {

@@ -4,6 +4,7 @@ use super::model::{Delta, Overlay, Participation};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::error::{ApiError, ApiResult};
 use crate::reply::Outcome;
+use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -56,34 +57,53 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Particip
     Ok(sqlx::query_as!(Participation, "SELECT * FROM participations WHERE id = $1", id).fetch_optional(conn).await?)
 }
 
-/// Every counter write: one statement that moves the counters (all arithmetic in the
-/// `UPDATE`, never read-modify-write here) and appends its ledger row. `None`: no such id.
+/// Applies counter writes - one, or several that arrived together for this participation -
+/// in one statement: the `UPDATE` moves every counter by the batch's sums (all arithmetic in
+/// SQL, never read-modify-write here) and the same statement appends one ledger row per write.
+/// `None`: no such id.
 ///
 /// The mean viewer count is `total / samples` of two exact integers, so samples arriving
 /// concurrently give the same mean as the same samples in any order.
-pub async fn apply(conn: &mut PgConnection, id: Uuid, delta: &Delta) -> ApiResult<Option<Participation>> {
+pub async fn apply(conn: &mut PgConnection, id: Uuid, deltas: &[Delta]) -> ApiResult<Option<Participation>> {
+    let column = |f: fn(&Delta) -> i64| deltas.iter().map(f).collect::<Vec<_>>();
+    let kinds: Vec<&str> = deltas.iter().map(|d| d.kind).collect();
+    let earnings: Vec<Decimal> = deltas.iter().map(|d| d.earnings).collect();
+    let viewers: Vec<Option<i64>> = deltas.iter().map(|d| d.viewer_count).collect();
     Ok(sqlx::query_as!(
         Participation,
-        r#"WITH moved AS (
-               UPDATE participations SET
-                   impressions = impressions + $3,
-                   clicks = clicks + $4,
-                   chat_clicks = chat_clicks + $5,
-                   qr_scans = qr_scans + $6,
-                   link_clicks = link_clicks + $7,
-                   estimated_earnings = estimated_earnings + $8,
-                   viewer_samples = viewer_samples + CASE WHEN $9::bigint IS NULL THEN 0 ELSE 1 END,
-                   viewer_count_total = viewer_count_total + COALESCE($9, 0),
-                   avg_viewer_count = CASE WHEN $9::bigint IS NULL THEN avg_viewer_count
-                                      ELSE (viewer_count_total + $9)::float8 / (viewer_samples + 1) END,
-                   peak_viewer_count = GREATEST(peak_viewer_count, COALESCE($9, 0)),
+        r#"WITH d AS (
+               SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                                    $8::numeric[], $9::bigint[])
+                   AS d(kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings, viewer_count)
+           ), total AS (
+               SELECT sum(impressions) AS impressions, sum(clicks) AS clicks, sum(chat_clicks) AS chat_clicks,
+                      sum(qr_scans) AS qr_scans, sum(link_clicks) AS link_clicks, sum(earnings) AS earnings,
+                      count(viewer_count) AS samples, coalesce(sum(viewer_count), 0) AS viewers,
+                      coalesce(max(viewer_count), 0) AS peak
+               FROM d
+           ), moved AS (
+               UPDATE participations p SET
+                   impressions = p.impressions + t.impressions,
+                   clicks = p.clicks + t.clicks,
+                   chat_clicks = p.chat_clicks + t.chat_clicks,
+                   qr_scans = p.qr_scans + t.qr_scans,
+                   link_clicks = p.link_clicks + t.link_clicks,
+                   estimated_earnings = p.estimated_earnings + t.earnings,
+                   viewer_samples = p.viewer_samples + t.samples,
+                   viewer_count_total = p.viewer_count_total + t.viewers,
+                   avg_viewer_count = CASE WHEN t.samples = 0 THEN p.avg_viewer_count
+                                      ELSE (p.viewer_count_total + t.viewers)::float8 / (p.viewer_samples + t.samples) END,
+                   peak_viewer_count = GREATEST(p.peak_viewer_count, t.peak),
                    updated_at = now()
-               WHERE id = $1
-               RETURNING *
+               FROM total t
+               WHERE p.id = $1
+               RETURNING p.*
            ), ledger AS (
                INSERT INTO participation_events
                    (participation_id, kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings, viewer_count)
-               SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM moved
+               SELECT moved.id, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
+                      d.viewer_count
+               FROM moved, d
            )
            SELECT id AS "id!", campaign_id AS "campaign_id!", streamer_id AS "streamer_id!",
                   browser_source_token AS "browser_source_token!", impressions AS "impressions!",
@@ -95,14 +115,14 @@ pub async fn apply(conn: &mut PgConnection, id: Uuid, delta: &Delta) -> ApiResul
                   viewer_count_total AS "viewer_count_total!"
            FROM moved"#,
         id,
-        delta.kind,
-        delta.impressions,
-        delta.clicks,
-        delta.chat_clicks,
-        delta.qr_scans,
-        delta.link_clicks,
-        delta.earnings,
-        delta.viewer_count,
+        &kinds as &[&str],
+        &column(|d| d.impressions),
+        &column(|d| d.clicks),
+        &column(|d| d.chat_clicks),
+        &column(|d| d.qr_scans),
+        &column(|d| d.link_clicks),
+        &earnings,
+        &viewers as &[Option<i64>],
     )
     .fetch_optional(conn)
     .await?)
