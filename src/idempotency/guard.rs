@@ -4,6 +4,7 @@ use super::store::{self, Claimed, StoredResponse};
 use super::Claim;
 use crate::domain::IdempotencyKey;
 use crate::error::ApiError;
+use crate::extract::read_limited;
 use crate::startup::AppState;
 use actix_web::body::{self, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -11,8 +12,6 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
@@ -40,8 +39,10 @@ pub async fn guard(
         Err(why) => return Ok(problem(req, ApiError::InvalidIdempotencyKey(why.into()))),
     };
     let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone();
-    let body = match read_body(&mut req, state.max_upload_bytes as usize + 1024 * 1024).await {
-        Ok(body) => body,
+    // Multipart uploads are the largest bodies a POST may carry.
+    let limit = state.max_upload_bytes as usize + 1024 * 1024;
+    let body = match read_limited(&mut req.take_payload(), limit).await {
+        Ok(body) => body.freeze(),
         Err(error) => return Ok(problem(req, error)),
     };
     let fingerprint = fingerprint(&req, &body);
@@ -75,19 +76,6 @@ pub async fn guard(
 /// The auth layer's scope for keys (a hash of the caller's token), when auth is on.
 #[derive(Debug, Clone)]
 pub struct Scope(pub String);
-
-async fn read_body(req: &mut ServiceRequest, limit: usize) -> Result<Bytes, ApiError> {
-    let mut payload = req.take_payload();
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::malformed(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit: limit as u64 });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
 
 /// Method, path and body. A multipart body's boundary is chosen afresh by most clients on
 /// every attempt, so it is replaced by a fixed token before hashing: a retried upload of the

@@ -42,17 +42,12 @@ async fn chats_are_listed_by_participant_across_pages_and_fetched_by_id() {
         app.post_json("/api/chats", json!({"participants": ["me", format!("friend{i}")]})).await;
     }
     app.post_json("/api/chats", json!({"participants": ["x", "y"]})).await;
-    let mut ids = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page: Value =
-            app.get(&format!("/api/chats?participant=me&limit=2&cursor={cursor}")).await.json().await.unwrap();
-        ids.extend(page["items"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
-            None => break,
-        }
-    }
+    let ids: Vec<String> = app
+        .all_pages("/api/chats?participant=me&limit=2")
+        .await
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 5, "every chat of `me` once, none of the others");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 5);
     let one = app.get(&format!("/api/chats/{}", ids[0])).await;

@@ -175,20 +175,12 @@ async fn conversations_list_newest_first_across_pages() {
         app.create_conversation(json!({"session_id": format!("s{i}"), "user_id": "pager"})).await;
     }
     app.create_conversation(json!({"session_id": "other", "user_id": "someone"})).await;
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let query = match &cursor {
-            Some(c) => format!("/api/conversations?user_id=pager&limit=3&cursor={c}"),
-            None => "/api/conversations?user_id=pager&limit=3".into(),
-        };
-        let page: Value = app.get(&query).await.json().await.unwrap();
-        seen.extend(page["items"].as_array().unwrap().iter().map(|c| c["session_id"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let seen: Vec<String> = app
+        .all_pages("/api/conversations?user_id=pager&limit=3")
+        .await
+        .iter()
+        .map(|c| c["session_id"].as_str().unwrap().to_owned())
+        .collect();
     let expected: Vec<String> = (0..7).rev().map(|i| format!("s{i}")).collect();
     assert_eq!(seen, expected, "every conversation once, newest first");
 }

@@ -121,6 +121,21 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.expect("request reaches the server")
     }
 
+    /// Follows `next_cursor` from the first page of `list` (a path with its query) to the
+    /// last, returning every item in the order served.
+    pub async fn all_pages(&self, list: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page: Value = self.get(&format!("{list}&cursor={cursor}")).await.json().await.unwrap();
+            items.extend(page["items"].as_array().expect("a page has items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => return items,
+            }
+        }
+    }
+
     pub async fn save_analysis(&self, body: impl Borrow<Value>) -> Response {
         self.post_json("/api/save-analysis", body).await
     }

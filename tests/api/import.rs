@@ -130,7 +130,7 @@ async fn participations_sum_counters_keep_the_earliest_token_and_balance_the_led
         "SELECT jsonb_build_object('impressions', impressions, 'clicks', clicks, 'chat_clicks', chat_clicks,
                     'qr_scans', qr_scans, 'link_clicks', link_clicks, 'earnings', estimated_earnings::text,
                     'viewer_samples', viewer_samples, 'avg', avg_viewer_count, 'peak', peak_viewer_count,
-                    'token', browser_source_token, 'chat_command', chat_command)
+                    'viewer_total', viewer_count_total, 'token', browser_source_token, 'chat_command', chat_command)
          FROM participations WHERE campaign_id = 'camp1' AND streamer_id = 'streamer_a'",
     )
     .fetch_one(&app.pool)
@@ -139,7 +139,8 @@ async fn participations_sum_counters_keep_the_earliest_token_and_balance_the_led
     assert_eq!(
         merged,
         serde_json::json!({"impressions": 16, "clicks": 3, "chat_clicks": 1, "qr_scans": 0, "link_clicks": 1,
-            "earnings": "1.350001", "viewer_samples": 4, "avg": 20, "peak": 25, "token": "b".repeat(64),
+            "earnings": "1.350001", "viewer_samples": 4, "avg": 20, "peak": 25, "viewer_total": 80,
+            "token": "b".repeat(64),
             "chat_command": "!camp1"}),
         "sums, the sample-weighted mean, the peak, and the token of the earliest document (2023-12-01)"
     );

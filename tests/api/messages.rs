@@ -42,17 +42,12 @@ async fn concurrent_appends_lose_nothing_and_pages_cover_every_message_once_in_o
     assert_eq!(app.count("SELECT count(*) FROM messages").await, 120);
     assert_eq!(app.count("SELECT message_count FROM conversations WHERE session_id = 'busy'").await, 120);
 
-    let mut texts = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page: Value =
-            app.get(&format!("/api/conversations/busy/messages?limit=7&cursor={cursor}")).await.json().await.unwrap();
-        texts.extend(page["items"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
-            None => break,
-        }
-    }
+    let texts: Vec<String> = app
+        .all_pages("/api/conversations/busy/messages?limit=7")
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(texts.len(), 120, "every message exactly once");
     let unique: std::collections::HashSet<_> = texts.iter().collect();
     assert_eq!(unique.len(), 120);

@@ -179,8 +179,9 @@ impl Participations {
         let row = sqlx::query!(
             r#"INSERT INTO participations AS p (id, campaign_id, streamer_id, browser_source_token, impressions, clicks,
                    chat_clicks, qr_scans, link_clicks, estimated_earnings, viewer_samples, avg_viewer_count,
-                   peak_viewer_count, qr_code_url, tracking_url, chat_command, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, coalesce($17, now()))
+                   peak_viewer_count, qr_code_url, tracking_url, chat_command, created_at, viewer_count_total)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, coalesce($17, now()),
+                       round($12::float8 * $11::bigint)::bigint)
                ON CONFLICT (campaign_id, streamer_id) DO UPDATE SET
                    impressions = p.impressions + EXCLUDED.impressions,
                    clicks = p.clicks + EXCLUDED.clicks,
@@ -189,6 +190,9 @@ impl Participations {
                    link_clicks = p.link_clicks + EXCLUDED.link_clicks,
                    estimated_earnings = p.estimated_earnings + EXCLUDED.estimated_earnings,
                    viewer_samples = p.viewer_samples + EXCLUDED.viewer_samples,
+                   -- Live samples compute the mean as total / samples; legacy documents carry only
+                   -- the mean, so the total they stand for is mean x samples.
+                   viewer_count_total = p.viewer_count_total + EXCLUDED.viewer_count_total,
                    avg_viewer_count = CASE WHEN p.viewer_samples + EXCLUDED.viewer_samples > 0
                        THEN (p.avg_viewer_count * p.viewer_samples + EXCLUDED.avg_viewer_count * EXCLUDED.viewer_samples)
                             / (p.viewer_samples + EXCLUDED.viewer_samples)
