@@ -9,6 +9,16 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::str::FromStr;
 
+/// Awaits a connection (or a transaction) from the pool, counted in `upsertd_db_pool_waiting`
+/// while it waits: the figure that tells an operator the pool is too small.
+pub async fn waiting<T>(acquire: impl std::future::Future<Output = T>) -> T {
+    let gauge = metrics::gauge!(crate::ops::metrics::POOL_WAITING);
+    gauge.increment(1.0);
+    let acquired = acquire.await;
+    gauge.decrement(1.0);
+    acquired
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The database upsertd talks to, and the cluster behind it when upsertd runs its own.
@@ -46,6 +56,10 @@ impl Database {
     pub fn pool(&self, settings: &Settings) -> PgPool {
         PgPoolOptions::new()
             .max_connections(settings.db_max_connections)
+            // No ping before every use (a round trip per request): a connection that died with
+            // its server fails its statement instead, that request answers 503, and the pool
+            // replaces the connection.
+            .test_before_acquire(false)
             .acquire_timeout(settings.db_acquire_timeout.0)
             .connect_lazy_with(self.options.clone().log_statements(tracing::log::LevelFilter::Trace))
     }

@@ -20,6 +20,7 @@ use std::net::{SocketAddr, TcpListener};
 use utoipa::OpenApi;
 
 /// What every handler can reach through `web::Data<AppState>`.
+#[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub audio: AudioStore,
@@ -29,6 +30,13 @@ pub struct AppState {
     pub public_base_url: String,
     pub idempotency: IdempotencyConfig,
     pub counters: crate::participations::batcher::Batcher,
+}
+
+impl AppState {
+    /// A connection for a read.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
+        Ok(crate::db::waiting(self.pool.acquire()).await?)
+    }
 }
 
 pub struct Application {
@@ -45,7 +53,7 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
         let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
-        let state = web::Data::new(AppState {
+        let shared = AppState {
             pool: pool.clone(),
             audio: AudioStore::open(&settings.data_dir)?,
             stt: settings
@@ -61,17 +69,19 @@ impl Application {
                 .to_owned(),
             idempotency,
             counters: Default::default(),
-        });
+        };
+        let workers = settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let json_limit = JsonLimit(settings.max_json_bytes);
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
         metrics::handle();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
+            let state = web::Data::new(AppState { pool: worker_pool(&shared.pool, workers), ..shared.clone() });
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
                 .wrap(from_fn(idempotency::guard))
                 .wrap(from_fn(auth::require_token))
                 .wrap(from_fn(telemetry::observe))
-                .app_data(state.clone())
+                .app_data(state)
                 .app_data(json_limit)
                 .app_data(tokens.clone())
                 .configure(routes)
@@ -80,10 +90,8 @@ impl Application {
                     Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
-        .listen(listener)?;
-        if let Some(workers) = settings.workers {
-            server = server.workers(workers);
-        }
+        .listen(listener)?
+        .workers(workers);
         Ok(Self { address, server: server.run(), pool, idempotency })
     }
 
@@ -120,6 +128,15 @@ async fn purge_idempotency_keys(pool: PgPool, config: IdempotencyConfig) {
             Err(error) => tracing::warn!(%error, "purging expired idempotency keys failed; will retry"),
         }
     }
+}
+
+/// Each HTTP worker gets its own pool, made on the worker's runtime. A connection belongs to
+/// the runtime that opened it, and on SIGTERM an idle worker's runtime ends first: with one
+/// shared pool, a request still draining on another worker could be handed a connection whose
+/// runtime was gone and fail. The workers share the configured maximum.
+fn worker_pool(shared: &PgPool, workers: usize) -> PgPool {
+    let per_worker = (shared.options().get_max_connections() / workers.max(1) as u32).max(2);
+    shared.options().clone().max_connections(per_worker).connect_lazy_with((*shared.connect_options()).clone())
 }
 
 /// A route path; methods it does not list answer 405.

@@ -47,7 +47,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let not_found = || ApiError::NotFound("no chat has this id".into());
     let id: Uuid = path.parse().map_err(|_| not_found())?;
-    let chat = store::get(&mut *state.pool.acquire().await?, id).await?.ok_or_else(not_found)?;
+    let chat = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(chat))
 }
 
@@ -66,6 +66,6 @@ pub async fn list(
     let participant =
         ParticipantId::parse("participant", participant).map_err(|e: FieldError| ApiError::Validation(vec![e]))?;
     let page = page_request(&page)?;
-    let chats = store::list_for(&mut *state.pool.acquire().await?, participant.as_str(), page).await?;
+    let chats = store::list_for(&mut *state.conn().await?, participant.as_str(), page).await?;
     Ok(HttpResponse::Ok().json(chats))
 }

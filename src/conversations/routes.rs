@@ -38,7 +38,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> A
 #[utoipa::path(get, path = "/api/conversations/{session_id}", tag = "conversations", params(("session_id" = String, Path)), responses((status = 200, body = Conversation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let session_id = path_session_id(&path)?;
-    let conversation = store::get(&mut *state.pool.acquire().await?, &session_id)
+    let conversation = store::get(&mut *state.conn().await?, &session_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
     Ok(HttpResponse::Ok().insert_header((header::ETAG, conversation.etag())).json(conversation))
@@ -51,7 +51,7 @@ pub async fn list(
     page: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = page_request(&page)?;
-    let items = store::list(&mut *state.pool.acquire().await?, filter.user_id.as_deref(), page).await?;
+    let items = store::list(&mut *state.conn().await?, filter.user_id.as_deref(), page).await?;
     Ok(HttpResponse::Ok().json(items))
 }
 
@@ -132,7 +132,7 @@ pub async fn list_messages(
 ) -> ApiResult<HttpResponse> {
     let session_id = path_session_id(&path)?;
     let page = page_request(&page)?;
-    let messages = store::list_messages(&mut *state.pool.acquire().await?, &session_id, page)
+    let messages = store::list_messages(&mut *state.conn().await?, &session_id, page)
         .await?
         .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
     Ok(HttpResponse::Ok().json(messages))
@@ -142,7 +142,7 @@ pub async fn list_messages(
 pub async fn get_audio(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let not_found = || ApiError::NotFound("no audio file has this id".into());
     let id: Uuid = path.parse().map_err(|_| not_found())?;
-    let file = store::get_audio(&mut *state.pool.acquire().await?, id).await?.ok_or_else(not_found)?;
+    let file = store::get_audio(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
     let bytes = tokio::fs::read(state.audio.path_for(&file.sha256)).await.map_err(|_| not_found())?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, file.content_type))

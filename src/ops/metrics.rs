@@ -9,6 +9,7 @@ pub const REQUESTS: &str = "upsertd_http_requests_total";
 pub const LATENCY: &str = "upsertd_http_request_duration_seconds";
 pub const UPSERTS: &str = "upsertd_upserts_total";
 pub const REPLAYS: &str = "upsertd_idempotent_replays_total";
+pub const POOL_WAITING: &str = "upsertd_db_pool_waiting";
 
 /// The process-wide recorder, installed on first use (a process may build several apps).
 pub fn handle() -> &'static PrometheusHandle {

@@ -50,7 +50,8 @@ impl Batcher {
             let (batcher, pool) = (self.clone(), pool.clone());
             tokio::task::spawn_local(async move { batcher.drain(&pool, id).await });
         }
-        answer.await.map_err(|_| ApiError::Internal(anyhow::anyhow!("the counter batch was dropped")))?
+        // Only a worker stopping mid-batch drops it (its transaction rolls back): retry elsewhere.
+        answer.await.map_err(|_| ApiError::DatabaseUnavailable("the server is shutting down".into()))?
     }
 
     async fn drain(&self, pool: &PgPool, id: Uuid) {
@@ -121,14 +122,14 @@ fn deltas<'a>(jobs: impl Iterator<Item = &'a Job>) -> Vec<Delta> {
 
 async fn write_plain(pool: &PgPool, id: Uuid, jobs: &[Job]) -> Written {
     let fail = |e: ApiError| (e, Vec::new());
-    let mut conn = pool.acquire().await.map_err(|e| fail(e.into()))?;
+    let mut conn = crate::db::waiting(pool.acquire()).await.map_err(|e| fail(e.into()))?;
     let updated = store::apply(&mut conn, id, &deltas(jobs.iter())).await.map_err(fail)?;
     Ok((updated.as_ref().map(reply), Vec::new()))
 }
 
 /// Plain and keyed writes of one batch in one transaction with the keys' records.
 async fn write_keyed(pool: &PgPool, id: Uuid, plain: &[Job], keyed: Vec<Job>) -> Written {
-    let mut tx = match pool.begin().await {
+    let mut tx = match crate::db::waiting(pool.begin()).await {
         Ok(tx) => tx,
         Err(e) => return Err((e.into(), keyed)),
     };

@@ -37,7 +37,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<Htt
 
 #[utoipa::path(get, path = "/api/participations/{id}", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = Participation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let participation = store::get(&mut *state.pool.acquire().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
+    let participation = store::get(&mut *state.conn().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(participation))
 }
 
@@ -123,7 +123,7 @@ pub async fn make_qr_code(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path_id(&path)?;
-    let current = store::get(&mut *state.pool.acquire().await?, id).await?.ok_or_else(not_found)?;
+    let current = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
     let url = tracking_url(&state, &current.browser_source_token);
     let image = qr::png(&url)?;
     let image_url = format!("{}/api/participations/{id}/qr-code.png", state.public_base_url);
@@ -134,7 +134,7 @@ pub async fn make_qr_code(
 
 #[utoipa::path(get, path = "/api/participations/{id}/qr-code.png", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "PNG image", content_type = "image/png"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let png = store::qr_code_png(&mut *state.pool.acquire().await?, path_id(&path)?)
+    let png = store::qr_code_png(&mut *state.conn().await?, path_id(&path)?)
         .await?
         .ok_or_else(|| ApiError::NotFound("no QR code has been made for this participation".into()))?;
     Ok(HttpResponse::build(StatusCode::OK).content_type("image/png").body(png))
@@ -142,7 +142,7 @@ pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) ->
 
 #[utoipa::path(get, path = "/api/overlay/{token}", tag = "participations", params(("token" = String, Path)), responses((status = 200, body = Overlay), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let view = store::overlay(&mut *state.pool.acquire().await?, &path)
+    let view = store::overlay(&mut *state.conn().await?, &path)
         .await?
         .ok_or_else(|| ApiError::NotFound("unknown browser source token".into()))?;
     Ok(HttpResponse::Ok().json(view))

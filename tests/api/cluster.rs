@@ -94,3 +94,49 @@ async fn the_embedded_cluster_keeps_data_across_restarts_and_leaves_nothing_runn
     }
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// SIGTERM while a request is running: the request still gets its answer, then the server,
+/// the pool and the cluster stop and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    // A speech-to-text backend that takes its time, to keep an upload in flight.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stt_port = listener.local_addr().unwrap().port();
+    let stt = HttpServer::new(|| {
+        App::new().route(
+            "/v1/audio/transcriptions",
+            web::post().to(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                HttpResponse::Ok().json(json!({"text": "slow but sure"}))
+            }),
+        )
+    })
+    .listen(listener)
+    .unwrap()
+    .workers(1)
+    .run();
+    let stt_handle = stt.handle();
+    tokio::spawn(stt);
+
+    let data_dir = scratch_dir(&format!("drain-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let stt_url = format!("http://127.0.0.1:{stt_port}/v1/audio/transcriptions");
+    let mut server = start_binary(&data_dir, port, &[("STT_URL", &stt_url)]).await;
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", "draining")
+        .part("audio", reqwest::multipart::Part::bytes(crate::upload::sine_wav(8000, 1, 0.1, 0.3)));
+    let upload = tokio::spawn(
+        reqwest::Client::new().post(format!("http://127.0.0.1:{port}/api/upload-audio")).multipart(form).send(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || terminate(&mut server)).await.unwrap();
+    let response = upload.await.unwrap().expect("the request in flight was answered");
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["transcript"], "slow but sure");
+    assert!(status.success(), "exit 0 after draining: {status}");
+    assert_eq!(postgres_processes_for(&data_dir), 0, "the cluster stopped too");
+    stt_handle.stop(false).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

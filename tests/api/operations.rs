@@ -76,6 +76,7 @@ async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_reque
         "upsertd_idempotent_replays_total",
         "upsertd_http_request_duration_seconds_bucket",
         "upsertd_db_pool_connections",
+        "upsertd_db_pool_waiting",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}");
     }
@@ -91,7 +92,10 @@ async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() 
     let options = cluster.connect_options("upsertd");
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
     upsertd::db::MIGRATOR.run(&mut conn).await.unwrap();
-    let pool = PgPoolOptions::new().acquire_timeout(Duration::from_secs(1)).connect_lazy_with(options);
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .test_before_acquire(false)
+        .connect_lazy_with(options);
     let dir = data_dir.join("app");
     let settings = Settings::from_args(["--bind", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
     let app = Application::build(&settings, pool).unwrap();
