@@ -98,38 +98,21 @@ pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: Ide
 /// Locks the claims that are still ours (not taken over after a lease ran out) until commit,
 /// and returns their ids: only requests whose claim is live may take effect.
 pub async fn live_claims(conn: &mut PgConnection, claims: &[Claim]) -> ApiResult<Vec<Uuid>> {
-    let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
-    Ok(sqlx::query_scalar!(
-        r#"SELECT k.claim_id FROM idempotency_keys k
-           JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[]) AS c(scope, method, path, key, claim_id)
-             ON (k.scope, k.method, k.path, k.key, k.claim_id) = (c.scope, c.method, c.path, c.key, c.claim_id)
-           FOR UPDATE OF k"#,
-        &column(|c| &c.scope) as &[&str],
-        &column(|c| &c.method) as &[&str],
-        &column(|c| &c.path) as &[&str],
-        &column(|c| &c.key) as &[&str],
-        &ids,
-    )
-    .fetch_all(conn)
-    .await?)
+    Ok(sqlx::query_scalar!("SELECT claim_id FROM idempotency_keys WHERE claim_id = ANY($1) FOR UPDATE", &ids)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// Stores the response on the claimed rows (a coalesced batch answers all alike), fenced by
-/// `claim_id`. `false`: some claim was taken over (its lease ran out), and the caller must
-/// not commit its effect.
+/// `claim_id`, which a take-over replaces. `false`: some claim was taken over (its lease ran
+/// out), and the caller must not commit its effect.
 pub async fn complete(conn: &mut PgConnection, claims: &[Claim], response: &StoredResponse) -> ApiResult<bool> {
-    let column = |f: fn(&Claim) -> &str| claims.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
     let stored = sqlx::query!(
-        r#"UPDATE idempotency_keys k
-           SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[]) AS c(scope, method, path, key, claim_id)
-           WHERE (k.scope, k.method, k.path, k.key, k.claim_id) = (c.scope, c.method, c.path, c.key, c.claim_id)"#,
-        &column(|c| &c.scope) as &[&str],
-        &column(|c| &c.method) as &[&str],
-        &column(|c| &c.path) as &[&str],
-        &column(|c| &c.key) as &[&str],
+        "UPDATE idempotency_keys
+         SET response_status = $2, response_headers = $3, response_body = $4, completed_at = now()
+         WHERE claim_id = ANY($1)",
         &ids,
         response.status as i16,
         serde_json::to_value(&response.headers).expect("header pairs serialise"),

@@ -18,7 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, StoredResponse};
 use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -39,11 +39,20 @@ impl Batcher {
     /// Applies `delta` (with its idempotency claim, if any) and returns the answer to send.
     pub async fn apply(&self, pool: &PgPool, id: Uuid, delta: Delta, claim: Option<Claim>) -> ApiResult<Reply> {
         let (done, answer) = oneshot::channel();
+        // The entry lives as long as its drain runs (emptied, not removed, when a batch is
+        // taken), so only a write that finds no entry starts a drain.
         let first = {
             let mut queues = self.queues.lock().expect("the queue lock is never poisoned");
-            let queue = queues.entry(id).or_default();
-            queue.push(Job { delta, claim, done });
-            queue.len() == 1
+            match queues.entry(id) {
+                Entry::Occupied(mut queue) => {
+                    queue.get_mut().push(Job { delta, claim, done });
+                    false
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![Job { delta, claim, done }]);
+                    true
+                }
+            }
         };
         if first {
             // This request's write goes out now; the drain runs on as long as writes queue up.
