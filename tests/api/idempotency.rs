@@ -253,7 +253,7 @@ async fn a_crash_mid_load_loses_no_click_and_counts_none_twice() {
         .await
         .unwrap();
     let url = format!("{base}/api/participations/{}/clicks", created["id"].as_str().unwrap());
-    let keys: Vec<String> = (0..400).map(|i| format!("crash-{i}")).collect();
+    let keys: Vec<String> = (0..1000).map(|i| format!("crash-{i}")).collect();
 
     let answered = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Vec<u8>>::new()));
     let load = {
@@ -307,8 +307,8 @@ async fn a_crash_mid_load_loses_no_click_and_counts_none_twice() {
         .json()
         .await
         .unwrap();
-    assert_eq!(stored["clicks"], 400, "one click per distinct key, none lost, none twice");
-    assert_eq!(stored["link_clicks"], 400);
+    assert_eq!(stored["clicks"], 1000, "one click per distinct key, none lost, none twice");
+    assert_eq!(stored["link_clicks"], 1000);
     crate::cluster::terminate(&mut server);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
