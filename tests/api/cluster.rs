@@ -99,29 +99,10 @@ async fn the_embedded_cluster_keeps_data_across_restarts_and_leaves_nothing_runn
 /// the pool and the cluster stop and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    use actix_web::{web, App, HttpResponse, HttpServer};
     // A speech-to-text backend that takes its time, to keep an upload in flight.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let stt_port = listener.local_addr().unwrap().port();
-    let stt = HttpServer::new(|| {
-        App::new().route(
-            "/v1/audio/transcriptions",
-            web::post().to(|| async {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                HttpResponse::Ok().json(json!({"text": "slow but sure"}))
-            }),
-        )
-    })
-    .listen(listener)
-    .unwrap()
-    .workers(1)
-    .run();
-    let stt_handle = stt.handle();
-    tokio::spawn(stt);
-
+    let (stt_url, stt_handle) = crate::helpers::fake_stt("slow but sure", Duration::from_millis(1500));
     let data_dir = scratch_dir(&format!("drain-{}", uuid::Uuid::new_v4().simple()));
     let port = free_port();
-    let stt_url = format!("http://127.0.0.1:{stt_port}/v1/audio/transcriptions");
     let mut server = start_binary(&data_dir, port, &[("STT_URL", &stt_url)]).await;
     let form = reqwest::multipart::Form::new()
         .text("session_id", "draining")

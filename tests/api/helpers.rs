@@ -136,6 +136,18 @@ impl TestApp {
         }
     }
 
+    /// Create-or-get of a participation; panics unless it succeeds.
+    pub async fn participation(&self, campaign_id: &str, streamer_id: &str) -> Value {
+        let response = self
+            .post_json(
+                "/api/participations",
+                serde_json::json!({"campaign_id": campaign_id, "streamer_id": streamer_id}),
+            )
+            .await;
+        assert!(response.status().is_success(), "creating a participation: {}", response.status());
+        response.json().await.unwrap()
+    }
+
     pub async fn save_analysis(&self, body: impl Borrow<Value>) -> Response {
         self.post_json("/api/save-analysis", body).await
     }
@@ -218,4 +230,33 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     assert_eq!(body["code"], code, "problem body: {body}");
     assert_eq!(body["status"], status);
     body
+}
+
+/// A stand-in for an OpenAI-compatible transcription API on a free port: it checks that the
+/// request carries the `file` and `model` parts and answers `text` after `delay`. Returns the
+/// endpoint's URL and the server's handle.
+pub fn fake_stt(text: &'static str, delay: std::time::Duration) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let transcribe = move |req: HttpRequest, body: web::Bytes| async move {
+        let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let form = String::from_utf8_lossy(&body);
+        if !content_type.starts_with("multipart/form-data")
+            || !form.contains("name=\"file\"")
+            || !form.contains("name=\"model\"")
+        {
+            return HttpResponse::BadRequest().finish();
+        }
+        tokio::time::sleep(delay).await;
+        HttpResponse::Ok().json(serde_json::json!({"text": text}))
+    };
+    let server = HttpServer::new(move || App::new().route("/v1/audio/transcriptions", web::post().to(transcribe)))
+        .listen(listener)
+        .unwrap()
+        .workers(1)
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}/v1/audio/transcriptions"), handle)
 }

@@ -78,12 +78,7 @@ fn assert_replays_identical(answers: &HashMap<String, Vec<Answer>>) {
 #[tokio::test]
 async fn retried_clicks_count_once_and_replays_are_byte_identical() {
     let app = TestApp::spawn().await;
-    let created: Value = app
-        .post_json("/api/participations", json!({"campaign_id": "c", "streamer_id": "s"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created = app.participation("c", "s").await;
     let id = created["id"].as_str().unwrap();
     let types = ["direct", "chat", "qr", "link"];
     let answers =
@@ -212,12 +207,7 @@ async fn a_retried_upload_with_a_new_multipart_boundary_is_a_replay() {
 #[tokio::test]
 async fn an_expired_key_runs_again_and_the_purge_removes_it() {
     let app = TestApp::spawn_with(&["--idempotency-ttl", "1s"]).await;
-    let created: Value = app
-        .post_json("/api/participations", json!({"campaign_id": "c", "streamer_id": "s"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created = app.participation("c", "s").await;
     let url = app.url(&format!("/api/participations/{}/clicks", created["id"].as_str().unwrap()));
     assert!(!send_keyed(&app.client, &url, "once", &json!({})).await.replayed);
     assert!(send_keyed(&app.client, &url, "once", &json!({})).await.replayed, "within the TTL: a replay");

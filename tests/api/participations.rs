@@ -2,13 +2,6 @@ use crate::helpers::{assert_problem, TestApp};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
-async fn participation(app: &TestApp) -> Value {
-    let response =
-        app.post_json("/api/participations", json!({"campaign_id": "summer", "streamer_id": "streamer_1"})).await;
-    assert!(response.status().is_success());
-    response.json().await.unwrap()
-}
-
 /// Every counter equals the sum of its ledger rows.
 async fn assert_ledger_matches(app: &TestApp) {
     let mismatches = app
@@ -49,7 +42,7 @@ async fn a_hundred_concurrent_creates_return_one_participation_with_one_token() 
 #[tokio::test]
 async fn thirty_two_clients_times_five_hundred_mixed_clicks_count_exactly() {
     let app = TestApp::spawn().await;
-    let id = participation(&app).await["id"].as_str().unwrap().to_owned();
+    let id = app.participation("summer", "streamer_1").await["id"].as_str().unwrap().to_owned();
     let types = ["direct", "chat", "qr", "link"];
     let path = format!("/api/participations/{id}/clicks");
     let results = app.concurrently(32 * 500, 32, |i| app.post_json(&path, json!({"type": types[i % 4]}))).await;
@@ -70,7 +63,7 @@ async fn thirty_two_clients_times_five_hundred_mixed_clicks_count_exactly() {
 #[tokio::test]
 async fn three_hundred_impressions_of_one_cent_earn_exactly_three() {
     let app = TestApp::spawn().await;
-    let id = participation(&app).await["id"].as_str().unwrap().to_owned();
+    let id = app.participation("summer", "streamer_1").await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/participations/{id}/impressions");
     let results = app
         .concurrently(300, 32, |_| app.post_json(&path, serde_json::from_str::<Value>(r#"{"cost": 0.01}"#).unwrap()))
@@ -94,7 +87,7 @@ async fn three_hundred_impressions_of_one_cent_earn_exactly_three() {
 #[tokio::test]
 async fn concurrent_viewer_samples_give_the_exact_mean_and_peak() {
     let app = TestApp::spawn().await;
-    let id = participation(&app).await["id"].as_str().unwrap().to_owned();
+    let id = app.participation("summer", "streamer_1").await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/participations/{id}/viewer-samples");
     let samples: Vec<i64> = (0..200).map(|i| (i * 37) % 1000).collect();
     let results =
@@ -112,7 +105,7 @@ async fn concurrent_viewer_samples_give_the_exact_mean_and_peak() {
 #[tokio::test]
 async fn the_token_never_changes_and_the_overlay_finds_it() {
     let app = TestApp::spawn_with(&["--public-base-url", "https://ads.example.com/"]).await;
-    let created = participation(&app).await;
+    let created = app.participation("summer", "streamer_1").await;
     let (id, token) = (created["id"].as_str().unwrap(), created["browser_source_token"].as_str().unwrap());
     let writes = [
         ("impressions", json!({"count": 2, "cost": 0.5})),
@@ -127,7 +120,7 @@ async fn the_token_never_changes_and_the_overlay_finds_it() {
             app.post_json(&format!("/api/participations/{id}/{route}"), body).await.json().await.unwrap();
         assert_eq!(after["browser_source_token"], token, "{route} must not touch the token");
     }
-    let again = participation(&app).await;
+    let again = app.participation("summer", "streamer_1").await;
     assert_eq!(again["browser_source_token"], token, "create-or-get returns the same token");
     assert_eq!(again["chat_command"], "!summer", "the default chat command");
     assert_eq!(again["tracking_url"], format!("https://ads.example.com/api/overlay/{token}"));
@@ -152,7 +145,7 @@ async fn the_token_never_changes_and_the_overlay_finds_it() {
 #[tokio::test]
 async fn bad_participation_requests_are_rejected_and_change_nothing() {
     let app = TestApp::spawn().await;
-    let id = participation(&app).await["id"].as_str().unwrap().to_owned();
+    let id = app.participation("summer", "streamer_1").await["id"].as_str().unwrap().to_owned();
     let unknown = uuid::Uuid::now_v7();
     let p = |route: &str| format!("/api/participations/{id}/{route}");
     let cases: Vec<(String, Value, u16, &str, Option<&str>)> = vec![

@@ -98,30 +98,7 @@ async fn webm_is_accepted_undecoded_text_is_415_and_oversize_is_413_with_no_file
 
 #[tokio::test]
 async fn uploads_are_transcribed_by_the_configured_stt_backend() {
-    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-    // A stand-in for an OpenAI-compatible transcription API.
-    async fn transcribe(req: HttpRequest, body: web::Bytes) -> HttpResponse {
-        let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let text = String::from_utf8_lossy(&body);
-        if !content_type.starts_with("multipart/form-data")
-            || !text.contains("name=\"file\"")
-            || !text.contains("name=\"model\"")
-        {
-            return HttpResponse::BadRequest().finish();
-        }
-        HttpResponse::Ok().json(json!({"text": "transcribed by stt"}))
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stt = HttpServer::new(|| App::new().route("/v1/audio/transcriptions", web::post().to(transcribe)))
-        .listen(listener)
-        .unwrap()
-        .workers(1)
-        .run();
-    let stt_handle = stt.handle();
-    tokio::spawn(stt);
-
-    let stt_url = format!("http://127.0.0.1:{port}/v1/audio/transcriptions");
+    let (stt_url, stt_handle) = crate::helpers::fake_stt("transcribed by stt", std::time::Duration::ZERO);
     let app = TestApp::spawn_with(&["--stt-url", &stt_url]).await;
     let upload = form(sine_wav(8_000, 1, 0.2, 0.3)).text("transcript", "the client's guess");
     let body: Value = app.upload_audio(upload).await.json().await.unwrap();
