@@ -117,16 +117,7 @@ async fn connection(addr: SocketAddr, build: Builder, counter: Arc<AtomicU64>, d
             }
         }
         let send = sender.as_mut().expect("opened above");
-        let req = build(counter.fetch_add(1, Ordering::Relaxed));
-        let mut http = Request::builder()
-            .method(req.method)
-            .uri(&req.path)
-            .header(hyper::header::HOST, "127.0.0.1")
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &req.idempotency_key {
-            http = http.header("idempotency-key", key);
-        }
-        let http = http.body(Full::new(Bytes::from(req.body.unwrap_or_default()))).expect("valid request");
+        let http = to_http(build(counter.fetch_add(1, Ordering::Relaxed))).expect("valid request");
         let t0 = Instant::now();
         let result = async {
             let response = send.send_request(http).await?;
@@ -180,19 +171,24 @@ async fn open(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http1::Se
 }
 
 /// One request outside a measurement (setup): status and body.
+/// The HTTP/1.1 request for `req`: JSON body, and its `Idempotency-Key` when it has one.
+fn to_http(req: Req) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+    let mut http = Request::builder()
+        .method(req.method)
+        .uri(&req.path)
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(key) = &req.idempotency_key {
+        http = http.header("idempotency-key", key);
+    }
+    http.body(Full::new(Bytes::from(req.body.unwrap_or_default())))
+}
+
 pub fn once(addr: SocketAddr, req: Req) -> anyhow::Result<(u16, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut sender = open(addr).await?;
-        let mut http = Request::builder()
-            .method(req.method)
-            .uri(&req.path)
-            .header(hyper::header::HOST, "127.0.0.1")
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &req.idempotency_key {
-            http = http.header("idempotency-key", key);
-        }
-        let http = http.body(Full::new(Bytes::from(req.body.unwrap_or_default())))?;
+        let http = to_http(req)?;
         let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(http)).await??;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();

@@ -268,24 +268,29 @@ pub fn targets(points: &[Point], peak_rss: f64) -> Vec<(String, String, &'static
             _ => out.push((name, "not measured".into(), "n/a")),
         }
     }
-    let name = format!("keyed clicks at {top} conns >= 0.66x unkeyed");
-    match (ok(points, "clicks-keyed", "upsertd", top), ok(points, "clicks", "upsertd", top)) {
-        (Some(k), Some(u)) if u.rps > 0.0 => out.push((
-            name,
-            format!("{:.2}x ({:.0} vs {:.0}/s)", k.rps / u.rps, k.rps, u.rps),
-            verdict(k.rps >= 0.66 * u.rps),
-        )),
-        _ => out.push((name, "not measured (route missing?)".into(), "n/a")),
-    }
-    let name = format!("hot counter at {top} conns >= 2x pgbench one-row UPDATE");
-    match (ok(points, "clicks", "upsertd", top), ok(points, "clicks", "pgbench", top)) {
-        (Some(u), Some(p)) if p.rps > 0.0 => out.push((
-            name,
-            format!("{:.2}x ({:.0} vs {:.0}/s)", u.rps / p.rps, u.rps, p.rps),
-            verdict(u.rps >= 2.0 * p.rps),
-        )),
-        _ => out.push((name, "not measured (route missing?)".into(), "n/a")),
-    }
+    let throughput_ratio =
+        |out: &mut Vec<_>, name: String, a: Option<&Point>, b: Option<&Point>, at_least: f64| match (a, b) {
+            (Some(a), Some(b)) if b.rps > 0.0 => out.push((
+                name,
+                format!("{:.2}x ({:.0} vs {:.0}/s)", a.rps / b.rps, a.rps, b.rps),
+                verdict(a.rps >= at_least * b.rps),
+            )),
+            _ => out.push((name, "not measured (route missing?)".into(), "n/a")),
+        };
+    throughput_ratio(
+        &mut out,
+        format!("keyed clicks at {top} conns >= 0.66x unkeyed"),
+        ok(points, "clicks-keyed", "upsertd", top),
+        ok(points, "clicks", "upsertd", top),
+        0.66,
+    );
+    throughput_ratio(
+        &mut out,
+        format!("hot counter at {top} conns >= 2x pgbench one-row UPDATE"),
+        ok(points, "clicks", "upsertd", top),
+        ok(points, "clicks", "pgbench", top),
+        2.0,
+    );
     for w in ["save-analysis-new", "save-analysis-hot"] {
         let name = format!("{w} at {top} conns >= 5,500 req/s (10x legacy ~550) with 0 errors");
         match ok(points, w, "upsertd", top) {
