@@ -88,16 +88,15 @@ pub async fn upload_audio(state: web::Data<AppState>, writer: Writer, form: Mult
         Some(stt) => Some(stt.transcribe(&path, format.content_type(), upload.language.as_deref()).await?),
         None => upload.transcript,
     };
-    let set_if_given = |value: Option<String>| value.map_or(Patch::Keep, |v| Patch::Set(Some(v)));
     let mut conn = writer.begin().await?;
     let result = async {
         let file = store::save_audio(&mut conn, &sha256, format.content_type(), bytes as i64, &analysis).await?;
         let input = AnalysisUpsert {
             session_id: upload.session_id.unwrap_or_else(SessionId::generate),
-            transcript: set_if_given(transcript),
+            transcript: Patch::given(transcript),
             analysis: Patch::Set(Some(upload.analysis.unwrap_or(analysis))),
-            language: set_if_given(upload.language),
-            user_id: set_if_given(upload.user_id),
+            language: Patch::given(upload.language),
+            user_id: Patch::given(upload.user_id),
             audio_id: Patch::Set(Some(file.id)),
             expected_version: None,
         };

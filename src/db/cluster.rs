@@ -88,11 +88,6 @@ impl Cluster {
         format!("psql 'host={} port={PORT} user={SUPERUSER} dbname={database}'", self.socket_dir.display())
     }
 
-    /// A URL for tools that want one (sqlx-cli, pgbench via `psql -d`).
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@localhost:{PORT}/{database}?host={}", self.socket_dir.display())
-    }
-
     pub async fn create_database(&self, name: &str) -> anyhow::Result<()> {
         let mut conn = sqlx::PgConnection::connect_with(&self.connect_options("postgres")).await?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

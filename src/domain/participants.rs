@@ -19,10 +19,6 @@ impl ParticipantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
 }
 
 /// A chat's natural key: its distinct participant ids in byte order, joined by `,`.

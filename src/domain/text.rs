@@ -23,11 +23,10 @@ impl<T> Patch<T> {
         }
     }
 
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
-        match self {
-            Patch::Keep => Patch::Keep,
-            Patch::Set(v) => Patch::Set(v.map(f)),
-        }
+    /// For inputs that cannot send an explicit null (multipart parts): a value sets, its
+    /// absence keeps.
+    pub fn given(value: Option<T>) -> Self {
+        value.map_or(Patch::Keep, |v| Patch::Set(Some(v)))
     }
 }
 

@@ -93,8 +93,9 @@ pub async fn earnings(
     record(state, writer, &path, body.0.delta()).await
 }
 
-fn tracking_url(state: &AppState, token: &str) -> String {
-    format!("{}/api/overlay/{token}", state.public_base_url)
+/// The tracking URL of a participation is its overlay URL: this prefix and the token.
+fn overlay_base(state: &AppState) -> String {
+    format!("{}/api/overlay/", state.public_base_url)
 }
 
 #[utoipa::path(post, path = "/api/participations/{id}/chat-command", tag = "participations", request_body = ChatCommandBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
@@ -106,13 +107,8 @@ pub async fn chat_command(
 ) -> ApiResult<HttpResponse> {
     let (id, command) = (path_id(&path)?, body.0.validate()?);
     let mut conn = writer.begin().await?;
-    let result = async {
-        let current = store::get(&mut conn, id).await?.ok_or_else(not_found)?;
-        let url = tracking_url(&state, &current.browser_source_token);
-        updated(store::set_chat_command(&mut conn, id, command.as_deref(), &url).await?)
-    }
-    .await;
-    writer.finish(conn, result).await
+    let result = store::set_chat_command(&mut conn, id, command.as_deref(), &overlay_base(&state)).await;
+    writer.finish(conn, result.and_then(updated)).await
 }
 
 /// Makes the QR code of the tracking URL. Rendering happens before a connection is taken.
@@ -124,7 +120,7 @@ pub async fn make_qr_code(
 ) -> ApiResult<HttpResponse> {
     let id = path_id(&path)?;
     let current = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
-    let url = tracking_url(&state, &current.browser_source_token);
+    let url = format!("{}{}", overlay_base(&state), current.browser_source_token);
     let image = qr::png(&url)?;
     let image_url = format!("{}/api/participations/{id}/qr-code.png", state.public_base_url);
     let mut conn = writer.begin().await?;

@@ -128,22 +128,24 @@ pub async fn apply(conn: &mut PgConnection, id: Uuid, deltas: &[Delta]) -> ApiRe
     .await?)
 }
 
-/// Sets the chat command and tracking URL; the command defaults to `!<campaign_id>`.
+/// Sets the chat command (default `!<campaign_id>`) and the tracking URL, which is
+/// `overlay_base` followed by the stored token, in one statement.
 pub async fn set_chat_command(
     conn: &mut PgConnection,
     id: Uuid,
     command: Option<&str>,
-    tracking_url: &str,
+    overlay_base: &str,
 ) -> ApiResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
         "UPDATE participations
-         SET chat_command = COALESCE($2, '!' || campaign_id), tracking_url = $3, updated_at = now()
+         SET chat_command = COALESCE($2, '!' || campaign_id), tracking_url = $3 || browser_source_token,
+             updated_at = now()
          WHERE id = $1
          RETURNING *",
         id,
         command,
-        tracking_url,
+        overlay_base,
     )
     .fetch_optional(conn)
     .await?)
