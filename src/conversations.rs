@@ -3,6 +3,7 @@
 //! [`store::upsert_analysis`], one `INSERT ... ON CONFLICT (session_id) DO UPDATE`.
 
 pub mod audio;
+pub mod batcher;
 pub mod model;
 pub mod routes;
 pub mod store;

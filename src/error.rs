@@ -74,6 +74,20 @@ impl ApiError {
         ApiError::Malformed { detail: detail.into(), field: None }
     }
 
+    /// The error of a coalesced batch, once for each write it held. An `anyhow::Error` cannot
+    /// be cloned; the copy keeps what the client is told.
+    pub fn copy(&self) -> ApiError {
+        match self {
+            ApiError::DatabaseUnavailable(why) => ApiError::DatabaseUnavailable(why.clone()),
+            ApiError::Validation(errors) => ApiError::Validation(errors.clone()),
+            ApiError::IdempotencyKeyInFlight { retry_after_secs } => {
+                ApiError::IdempotencyKeyInFlight { retry_after_secs: *retry_after_secs }
+            }
+            ApiError::Conflict => ApiError::Conflict,
+            other => ApiError::Internal(anyhow::anyhow!("batch failed: {other}")),
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             ApiError::Malformed { .. } => "malformed_request",

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod chats;
 pub mod cli;
+pub mod coalesce;
 pub mod conversations;
 pub mod db;
 pub mod domain;

@@ -30,6 +30,7 @@ pub struct AppState {
     pub public_base_url: String,
     pub idempotency: IdempotencyConfig,
     pub counters: crate::participations::batcher::Batcher,
+    pub upserts: crate::conversations::batcher::Batcher,
 }
 
 impl AppState {
@@ -69,6 +70,7 @@ impl Application {
                 .to_owned(),
             idempotency,
             counters: Default::default(),
+            upserts: Default::default(),
         };
         let workers = settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let json_limit = JsonLimit(settings.max_json_bytes);

@@ -175,6 +175,29 @@ pub struct AnalysisUpsert {
     pub expected_version: Option<Expected>,
 }
 
+impl AnalysisUpsert {
+    pub fn shape(&self) -> Shape {
+        Shape {
+            user_id: self.user_id.is_set(),
+            language: self.language.is_set(),
+            transcript: self.transcript.is_set(),
+            analysis: self.analysis.is_set(),
+            audio_id: self.audio_id.is_set(),
+        }
+    }
+}
+
+/// Which fields an upsert sets. Upserts of one shape can share a statement: the fields to set
+/// are the statement's, the values are each row's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub user_id: bool,
+    pub language: bool,
+    pub transcript: bool,
+    pub analysis: bool,
+    pub audio_id: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expected {
     /// `If-Match: *`: the conversation must exist.

@@ -57,12 +57,19 @@ pub async fn list(
 
 #[utoipa::path(post, path = "/api/save-analysis", tag = "conversations", request_body = SaveAnalysisBody, params(("If-Match" = Option<String>, Header, description = "Update only at this version"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn save_analysis(
+    state: web::Data<AppState>,
     req: HttpRequest,
     writer: Writer,
     body: JsonBody<SaveAnalysisBody>,
 ) -> ApiResult<HttpResponse> {
     let if_match = req.headers().get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("?"));
     let input = body.0.validate(parse_if_match(if_match)?)?;
+    // A keyed upsert's record and an If-Match check belong to its own transaction; the rest
+    // share statements with concurrent upserts.
+    if writer.claim().is_none() && input.expected_version.is_none() {
+        let (conversation, outcome) = state.upserts.upsert(&state.pool, input).await?;
+        return Ok(conversation_reply(&conversation, outcome).into_response());
+    }
     let mut conn = writer.begin().await?;
     let result = store::upsert_analysis(&mut conn, &input).await;
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await

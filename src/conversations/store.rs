@@ -10,6 +10,7 @@ use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Create-or-get. An existing conversation is returned as it is: no write, no new version.
@@ -35,15 +36,12 @@ pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> Api
     Ok((with_audio(conn, row).await?, outcome))
 }
 
-/// The one write behind both steps of the legacy flow, save-analysis and upload-audio.
-///
-/// One statement: `INSERT ... ON CONFLICT (session_id) DO UPDATE`, whose `WHERE` skips the
-/// update when every given field already holds its value, so a repeat writes no row version
-/// and leaves `version` alone. With `If-Match` the stored version is checked under a row lock
-/// first, in the same transaction.
+/// The one write behind both steps of the legacy flow, save-analysis and upload-audio, for one
+/// request on its own connection (see [`upsert_many`]). With `If-Match` the stored version is
+/// checked under a row lock first, in the same transaction.
 pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
     let Some(expected) = input.expected_version else {
-        return upsert(conn, input).await;
+        return upsert_one(conn, input).await;
     };
     let mut tx = conn.begin().await?;
     let stored = sqlx::query_scalar!(
@@ -59,16 +57,38 @@ pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) ->
         }
         _ => {}
     }
-    let result = upsert(&mut tx, input).await?;
+    let result = upsert_one(&mut tx, input).await?;
     tx.commit().await?;
     Ok(result)
 }
 
-async fn upsert(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+async fn upsert_one(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+    Ok(upsert_many(conn, &[input]).await?.pop().expect("one row in, one row out"))
+}
+
+/// The upsert of save-analysis and upload-audio, for one or many conversations: one
+/// `INSERT ... ON CONFLICT (session_id) DO UPDATE`, whose `WHERE` skips the update when every
+/// given field already holds its value, so a repeat writes no row version and leaves `version`
+/// alone. Answers in the order of `inputs`.
+///
+/// The inputs must have distinct session ids (a statement may not update a row twice) and one
+/// [`Shape`](super::model::Shape). Rows are written in session-id order, so two statements that lock the same rows
+/// take their locks in the same order and cannot deadlock.
+pub async fn upsert_many(
+    conn: &mut PgConnection,
+    inputs: &[&AnalysisUpsert],
+) -> ApiResult<Vec<(Conversation, Outcome)>> {
+    let Some(shape) = inputs.first().map(|input| input.shape()) else { return Ok(Vec::new()) };
+    debug_assert!(inputs.iter().all(|input| input.shape() == shape), "one statement, one shape");
+    let ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
+    let session_ids: Vec<&str> = inputs.iter().map(|input| input.session_id.as_str()).collect();
     let written = sqlx::query_as!(
         ConversationRow,
         r#"INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, audio_id)
-           VALUES ($1, $2, $4, $6, $8, $10, $12)
+           SELECT id, session_id, user_id, language, transcript, analysis, audio_id
+           FROM unnest($1::uuid[], $2::text[], $4::text[], $6::text[], $8::text[], $10::jsonb[], $12::uuid[])
+                AS i (id, session_id, user_id, language, transcript, analysis, audio_id)
+           ORDER BY session_id
            ON CONFLICT (session_id) DO UPDATE SET
                user_id    = CASE WHEN $3  THEN EXCLUDED.user_id    ELSE c.user_id    END,
                language   = CASE WHEN $5  THEN EXCLUDED.language   ELSE c.language   END,
@@ -83,29 +103,52 @@ async fn upsert(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(C
               OR ($9  AND c.analysis   IS DISTINCT FROM EXCLUDED.analysis)
               OR ($11 AND c.audio_id   IS DISTINCT FROM EXCLUDED.audio_id)
            RETURNING *"#,
-        Uuid::now_v7(),
-        input.session_id.as_str(),
-        input.user_id.is_set(),
-        input.user_id.value(),
-        input.language.is_set(),
-        input.language.value(),
-        input.transcript.is_set(),
-        input.transcript.value(),
-        input.analysis.is_set(),
-        input.analysis.value(),
-        input.audio_id.is_set(),
-        input.audio_id.value(),
+        &ids,
+        &session_ids as &[&str],
+        shape.user_id,
+        &inputs.iter().map(|input| input.user_id.value().map(String::as_str)).collect::<Vec<_>>() as &[Option<&str>],
+        shape.language,
+        &inputs.iter().map(|input| input.language.value().map(String::as_str)).collect::<Vec<_>>() as &[Option<&str>],
+        shape.transcript,
+        &inputs.iter().map(|input| input.transcript.value().map(String::as_str)).collect::<Vec<_>>()
+            as &[Option<&str>],
+        shape.analysis,
+        &inputs.iter().map(|input| input.analysis.value().cloned()).collect::<Vec<_>>() as &[Option<Value>],
+        shape.audio_id,
+        &inputs.iter().map(|input| input.audio_id.value().copied()).collect::<Vec<_>>() as &[Option<Uuid>],
     )
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let (row, outcome) = match written {
-        // Inserts start at version 1 and every update adds one, so a returned version 1 can
-        // only be this statement's insert.
-        Some(row) if row.version == 1 => (row, Outcome::Inserted),
-        Some(row) => (row, Outcome::Updated),
-        None => (find_row(conn, &input.session_id).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged),
-    };
-    Ok((with_audio(conn, row).await?, outcome))
+    // Inserts start at version 1 and every update adds one, so a returned version 1 can only
+    // be this statement's insert. A row not returned was left as it was.
+    let mut found: HashMap<String, (ConversationRow, Outcome)> = written
+        .into_iter()
+        .map(|row| {
+            let outcome = if row.version == 1 { Outcome::Inserted } else { Outcome::Updated };
+            (row.session_id.clone(), (row, outcome))
+        })
+        .collect();
+    let unchanged: Vec<&str> = session_ids.iter().copied().filter(|sid| !found.contains_key(*sid)).collect();
+    if !unchanged.is_empty() {
+        let rows = sqlx::query_as!(
+            ConversationRow,
+            "SELECT * FROM conversations WHERE session_id = ANY($1)",
+            &unchanged as &[&str]
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        found.extend(rows.into_iter().map(|row| (row.session_id.clone(), (row, Outcome::Unchanged))));
+    }
+    let audio = audio_by_id(conn, found.values().filter_map(|(row, _)| row.audio_id).collect()).await?;
+    session_ids
+        .iter()
+        .map(|sid| {
+            // Unreachable but for a concurrent delete, which no route does.
+            let (row, outcome) = found.remove(*sid).ok_or(ApiError::Conflict)?;
+            let file = row.audio_id.and_then(|id| audio.iter().find(|a| a.id == id).cloned());
+            Ok((Conversation::new(row, file), outcome))
+        })
+        .collect()
 }
 
 pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> ApiResult<Option<Conversation>> {

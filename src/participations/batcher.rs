@@ -14,68 +14,47 @@
 
 use super::model::{Delta, Participation};
 use super::store;
+use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, StoredResponse};
 use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
-use std::collections::hash_map::{Entry, HashMap};
-use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
-struct Job {
+/// A counter write and the idempotency claim it carries, if any.
+struct Write {
     delta: Delta,
     claim: Option<Claim>,
-    done: oneshot::Sender<ApiResult<Reply>>,
 }
 
-/// The queues of waiting writes, one per participation that has a write in flight.
-#[derive(Clone, Default)]
+type Job = coalesce::Job<Write, ApiResult<Reply>>;
+
+/// One lane per participation, one batch in flight each: a batch waits for the row lock of
+/// the one before it anyway.
+#[derive(Clone)]
 pub struct Batcher {
-    queues: Arc<Mutex<HashMap<Uuid, Vec<Job>>>>,
+    lanes: Lanes<Uuid, Write, ApiResult<Reply>>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self { lanes: Lanes::new(1) }
+    }
 }
 
 impl Batcher {
     /// Applies `delta` (with its idempotency claim, if any) and returns the answer to send.
     pub async fn apply(&self, pool: &PgPool, id: Uuid, delta: Delta, claim: Option<Claim>) -> ApiResult<Reply> {
-        let (done, answer) = oneshot::channel();
-        // The entry lives as long as its drain runs (emptied, not removed, when a batch is
-        // taken), so only a write that finds no entry starts a drain.
-        let first = {
-            let mut queues = self.queues.lock().expect("the queue lock is never poisoned");
-            match queues.entry(id) {
-                Entry::Occupied(mut queue) => {
-                    queue.get_mut().push(Job { delta, claim, done });
-                    false
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(vec![Job { delta, claim, done }]);
-                    true
-                }
-            }
+        let pool = pool.clone();
+        let run = move |jobs| {
+            let pool = pool.clone();
+            async move { run(&pool, id, jobs).await }
         };
-        if first {
-            // This request's write goes out now; the drain runs on as long as writes queue up.
-            let (batcher, pool) = (self.clone(), pool.clone());
-            tokio::task::spawn_local(async move { batcher.drain(&pool, id).await });
-        }
         // Only a worker stopping mid-batch drops it (its transaction rolls back): retry elsewhere.
-        answer.await.map_err(|_| ApiError::DatabaseUnavailable("the server is shutting down".into()))?
-    }
-
-    async fn drain(&self, pool: &PgPool, id: Uuid) {
-        loop {
-            let jobs = {
-                let mut queues = self.queues.lock().expect("the queue lock is never poisoned");
-                let Some(queue) = queues.get_mut(&id) else { return };
-                if queue.is_empty() {
-                    queues.remove(&id);
-                    return;
-                }
-                std::mem::take(queue)
-            };
-            run(pool, id, jobs).await;
-        }
+        self.lanes
+            .submit(id, Write { delta, claim }, run)
+            .await
+            .unwrap_or_else(|| Err(ApiError::DatabaseUnavailable("the server is shutting down".into())))
     }
 }
 
@@ -89,35 +68,21 @@ type Written = Result<(Option<Reply>, Vec<Job>), (ApiError, Vec<Job>)>;
 /// Sends each job its answer; a failure of the batch is every job's failure (nothing of it
 /// was committed).
 async fn run(pool: &PgPool, id: Uuid, jobs: Vec<Job>) {
-    let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.claim.is_some());
+    let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
     let written =
         if keyed.is_empty() { write_plain(pool, id, &plain).await } else { write_keyed(pool, id, &plain, keyed).await };
     match written {
         Ok((answer, keyed)) => {
             for job in plain.into_iter().chain(keyed) {
-                let _ = job.done.send(answer.clone().ok_or_else(not_found));
+                job.answer(answer.clone().ok_or_else(not_found));
             }
         }
         Err((error, keyed)) => {
             tracing::warn!(%error, "a counter batch failed; every write in it is answered with the error");
             for job in plain.into_iter().chain(keyed) {
-                let _ = job.done.send(Err(copy_error(&error)));
+                job.answer(Err(error.copy()));
             }
         }
-    }
-}
-
-/// `ApiError` holds an `anyhow::Error`, which cannot be cloned; the copy keeps what the client
-/// is told.
-fn copy_error(error: &ApiError) -> ApiError {
-    match error {
-        ApiError::DatabaseUnavailable(why) => ApiError::DatabaseUnavailable(why.clone()),
-        ApiError::Validation(errors) => ApiError::Validation(errors.clone()),
-        ApiError::IdempotencyKeyInFlight { retry_after_secs } => {
-            ApiError::IdempotencyKeyInFlight { retry_after_secs: *retry_after_secs }
-        }
-        ApiError::Conflict => ApiError::Conflict,
-        other => ApiError::Internal(anyhow::anyhow!("counter batch failed: {other}")),
     }
 }
 
@@ -126,7 +91,7 @@ fn not_found() -> ApiError {
 }
 
 fn deltas<'a>(jobs: impl Iterator<Item = &'a Job>) -> Vec<Delta> {
-    jobs.map(|job| job.delta.clone()).collect()
+    jobs.map(|job| job.input.delta.clone()).collect()
 }
 
 async fn write_plain(pool: &PgPool, id: Uuid, jobs: &[Job]) -> Written {
@@ -142,15 +107,15 @@ async fn write_keyed(pool: &PgPool, id: Uuid, plain: &[Job], keyed: Vec<Job>) ->
         Ok(tx) => tx,
         Err(e) => return Err((e.into(), keyed)),
     };
-    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.claim.clone()).collect();
+    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.input.claim.clone()).collect();
     let live = match idempotency::live_claims(&mut tx, &claims).await {
         Ok(live) => live,
         Err(e) => return Err((e, keyed)),
     };
     let (keyed, lost): (Vec<Job>, Vec<Job>) =
-        keyed.into_iter().partition(|j| j.claim.as_ref().is_some_and(|c| live.contains(&c.claim_id)));
+        keyed.into_iter().partition(|j| j.input.claim.as_ref().is_some_and(|c| live.contains(&c.claim_id)));
     for job in lost {
-        let _ = job.done.send(Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 }));
+        job.answer(Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 }));
     }
     let updated = match store::apply(&mut tx, id, &deltas(plain.iter().chain(&keyed))).await {
         Ok(updated) => updated,
@@ -159,7 +124,7 @@ async fn write_keyed(pool: &PgPool, id: Uuid, plain: &[Job], keyed: Vec<Job>) ->
     // Unknown id: nothing to commit; the guard stores the 404 like any 4xx.
     let Some(participation) = updated else { return Ok((None, keyed)) };
     let answer = reply(&participation);
-    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.claim.clone()).collect();
+    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.input.claim.clone()).collect();
     match idempotency::complete(&mut tx, &claims, &StoredResponse::from(&answer)).await {
         Ok(true) => {}
         Ok(false) => return Err((ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 }, keyed)),

@@ -85,6 +85,41 @@ async fn two_hundred_concurrent_save_analysis_insert_once() {
 }
 
 #[tokio::test]
+async fn concurrent_saves_share_statements_yet_each_is_answered_as_if_alone() {
+    const SESSIONS: usize = 40;
+    const WRITES: usize = 10;
+    let app = TestApp::spawn().await;
+    let results = app
+        .concurrently(SESSIONS * WRITES, 64, |i| {
+            let (session_id, write) = (format!("c{}", i % SESSIONS), i / SESSIONS);
+            // Two shapes (fields given), so two lanes write the same rows at once; every value
+            // is new, so every write changes its row.
+            let body = if write % 2 == 0 {
+                json!({"session_id": session_id, "transcript": format!("w{write}")})
+            } else {
+                json!({"session_id": session_id, "analysis": {"write": write}})
+            };
+            app.save_analysis(body)
+        })
+        .await;
+    assert!(results.iter().all(|(s, _)| *s == 200 || *s == 201), "every save succeeds: {results:?}");
+    for session in 0..SESSIONS {
+        let session_id = format!("c{session}");
+        let answers: Vec<_> = results.iter().filter(|(_, body)| body["session_id"] == session_id.as_str()).collect();
+        let created: Vec<_> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, body)| &body["version"]).collect();
+        let mut versions: Vec<i64> = answers.iter().map(|(_, body)| body["version"].as_i64().unwrap()).collect();
+        versions.sort_unstable();
+        assert_eq!(created, [1], "{session_id}: one insert, the write that made version 1");
+        assert_eq!(versions, (1..=WRITES as i64).collect::<Vec<_>>(), "{session_id}: each write made its own version");
+    }
+    let stored = app.count("SELECT count(*) FROM conversations WHERE version = 10").await;
+    assert_eq!(stored, SESSIONS as i64, "one row per session, every write counted once");
+    // Inserts that arrived together went out as one statement (one transaction, one created_at).
+    let transactions = app.count("SELECT count(DISTINCT created_at) FROM conversations").await;
+    assert!(transactions < SESSIONS as i64, "concurrent saves were coalesced ({transactions} transactions)");
+}
+
+#[tokio::test]
 async fn two_hundred_concurrent_creates_with_one_session_id_insert_once() {
     let app = TestApp::spawn().await;
     let results = app.concurrently(200, 64, |_| app.create_conversation(json!({"session_id": "tabs"}))).await;

@@ -1,0 +1,95 @@
+//! Coalescing: writes that arrive for one lane while that lane's batches are in flight wait,
+//! then go out together as one statement.
+//!
+//! Under load most of PostgreSQL's time per write goes to the work around the row - a round
+//! trip, a statement, a commit and its WAL flush, and for a hot row the wait on its lock - not to
+//! the row itself. A lane sends its first write at once, so an idle server adds no latency;
+//! writes that arrive while `max_in_flight` batches are out queue up, and the next free drain
+//! takes the whole queue. Each job is answered only after the batch that holds it is done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// One queued write and where its answer goes.
+pub struct Job<I, O> {
+    pub input: I,
+    done: oneshot::Sender<O>,
+}
+
+impl<I, O> Job<I, O> {
+    /// A job whose answer nobody awaits any more (its request was dropped) is answered into
+    /// the void: its write still happened with the batch.
+    pub fn answer(self, output: O) {
+        let _ = self.done.send(output);
+    }
+}
+
+struct Lane<J> {
+    queue: Vec<J>,
+    in_flight: usize,
+}
+
+type Shared<K, I, O> = Arc<Mutex<HashMap<K, Lane<Job<I, O>>>>>;
+
+/// The lanes of one kind of write, keyed by what may share a statement.
+pub struct Lanes<K, I, O> {
+    lanes: Shared<K, I, O>,
+    max_in_flight: usize,
+}
+
+impl<K, I, O> Clone for Lanes<K, I, O> {
+    fn clone(&self) -> Self {
+        Self { lanes: self.lanes.clone(), max_in_flight: self.max_in_flight }
+    }
+}
+
+impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self { lanes: Default::default(), max_in_flight: max_in_flight.max(1) }
+    }
+
+    /// Queues `input` on lane `key` and waits for its answer. When the lane has a free drain,
+    /// one starts on this worker, running `run` on batch after batch until the queue is empty.
+    /// `None`: the batch was dropped unanswered (its worker stopped mid-batch).
+    pub async fn submit<F, Fut>(&self, key: K, input: I, run: F) -> Option<O>
+    where
+        F: Fn(Vec<Job<I, O>>) -> Fut + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let (done, answer) = oneshot::channel();
+        let start_drain = {
+            let mut lanes = self.lanes.lock().expect("the lane lock is never poisoned");
+            let lane = lanes.entry(key.clone()).or_insert_with(|| Lane { queue: Vec::new(), in_flight: 0 });
+            lane.queue.push(Job { input, done });
+            let free = lane.in_flight < self.max_in_flight;
+            lane.in_flight += usize::from(free);
+            free
+        };
+        if start_drain {
+            let lanes = self.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(batch) = lanes.next_batch(&key) {
+                    run(batch).await;
+                }
+            });
+        }
+        answer.await.ok()
+    }
+
+    /// Everything queued on the lane, or `None` - and one drain fewer - when nothing is.
+    fn next_batch(&self, key: &K) -> Option<Vec<Job<I, O>>> {
+        let mut lanes = self.lanes.lock().expect("the lane lock is never poisoned");
+        let lane = lanes.get_mut(key)?;
+        if !lane.queue.is_empty() {
+            return Some(std::mem::take(&mut lane.queue));
+        }
+        lane.in_flight -= 1;
+        if lane.in_flight == 0 {
+            lanes.remove(key);
+        }
+        None
+    }
+}

@@ -1,0 +1,85 @@
+//! Coalesces the plain upserts of save-analysis (no `Idempotency-Key`, no `If-Match`) that
+//! arrive while others are in flight into one multi-row statement ([`store::upsert_many`]).
+//!
+//! One upsert per statement spends most of PostgreSQL's time on what surrounds the row: the
+//! statement, the commit and its WAL flush. Writes of one [`Shape`] share a lane; its first write
+//! goes out at once and those that arrive meanwhile go out together, each answered after the
+//! commit that holds it with the same row and outcome it would have got alone. Keyed and
+//! conditional upserts run in their own transaction (their records and checks belong to it).
+
+use super::model::{AnalysisUpsert, Conversation, Shape};
+use super::store;
+use crate::coalesce::{self, Lanes};
+use crate::error::{ApiError, ApiResult};
+use crate::reply::Outcome;
+use sqlx::PgPool;
+use std::collections::HashMap;
+
+/// Batches in flight per shape: while one waits for its commit, the next can be written.
+const IN_FLIGHT: usize = 2;
+
+type Answer = ApiResult<(Conversation, Outcome)>;
+type Job = coalesce::Job<AnalysisUpsert, Answer>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    lanes: Lanes<Shape, AnalysisUpsert, Answer>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self { lanes: Lanes::new(IN_FLIGHT) }
+    }
+}
+
+impl Batcher {
+    pub async fn upsert(&self, pool: &PgPool, input: AnalysisUpsert) -> Answer {
+        debug_assert!(input.expected_version.is_none(), "If-Match runs in its own transaction");
+        let pool = pool.clone();
+        let run = move |jobs| {
+            let pool = pool.clone();
+            async move {
+                for round in rounds(jobs) {
+                    write(&pool, round).await;
+                }
+            }
+        };
+        self.lanes
+            .submit(input.shape(), input, run)
+            .await
+            .unwrap_or_else(|| Err(ApiError::DatabaseUnavailable("the server is shutting down".into())))
+    }
+}
+
+/// Splits a batch into rounds with distinct session ids (a statement may change a row only
+/// once), keeping arrival order: a session id's second write goes in the round after its first.
+fn rounds(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut rounds: Vec<Vec<Job>> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for job in jobs {
+        let round = seen.entry(job.input.session_id.as_str().to_owned()).or_default();
+        if rounds.len() == *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(job);
+        *round += 1;
+    }
+    rounds
+}
+
+/// One statement for the round. Every write in it was validated at the edge, so a failure of
+/// the statement (an outage, say) is every write's failure, and none of them was written.
+async fn write(pool: &PgPool, jobs: Vec<Job>) {
+    let result = async {
+        let mut conn = crate::db::waiting(pool.acquire()).await?;
+        store::upsert_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>()).await
+    }
+    .await;
+    match result {
+        Ok(answers) => jobs.into_iter().zip(answers).for_each(|(job, answer)| job.answer(Ok(answer))),
+        Err(error) => {
+            tracing::warn!(%error, writes = jobs.len(), "a coalesced upsert failed; every write in it gets the error");
+            jobs.into_iter().for_each(|job| job.answer(Err(error.copy())));
+        }
+    }
+}
