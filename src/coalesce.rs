@@ -7,6 +7,7 @@
 //! writes that arrive while `max_in_flight` batches are out queue up, and the next free drain
 //! takes the whole queue. Each job is answered only after the batch that holds it is done.
 
+use crate::error::{ApiError, ApiResult};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -91,5 +92,33 @@ impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
             lanes.remove(key);
         }
         None
+    }
+}
+
+/// Splits a batch into rounds in which `key` is distinct (one statement may change a row only
+/// once), keeping arrival order: a key's second write goes in the round after its first.
+pub fn rounds<I, O, D: Hash + Eq>(jobs: Vec<Job<I, O>>, key: impl Fn(&I) -> D) -> Vec<Vec<Job<I, O>>> {
+    let mut rounds: Vec<Vec<Job<I, O>>> = Vec::new();
+    let mut seen: HashMap<D, usize> = HashMap::new();
+    for job in jobs {
+        let round = seen.entry(key(&job.input)).or_default();
+        if rounds.len() == *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(job);
+        *round += 1;
+    }
+    rounds
+}
+
+/// Answers each job with its own output (in job order), or - the statement failed, so none of
+/// them was written - every job with the batch's error.
+pub fn answer_all<I, T>(jobs: Vec<Job<I, ApiResult<T>>>, result: ApiResult<Vec<T>>, what: &str) {
+    match result {
+        Ok(outputs) => jobs.into_iter().zip(outputs).for_each(|(job, output)| job.answer(Ok(output))),
+        Err(error) => {
+            tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; every write in it gets the error");
+            jobs.into_iter().for_each(|job| job.answer(Err(ApiError::copy(&error))));
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! 1. **Claim** ([`guard`], before the handler runs): one autocommit
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or expired>` on
 //!    `idempotency_keys`, keyed by (scope, method, path, key), writes our random `claim_id` and a
-//!    lease (`locked_until`). If the row belongs to someone else we answer without running
+//!    lease (`locked_until`). Claims that arrive together share that statement ([`Claims`]). If the row belongs to someone else we answer without running
 //!    anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
 //!    differs, or - after waiting briefly without holding a connection - 409 while the first
 //!    request still runs.
@@ -27,10 +27,12 @@
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
 
+mod claims;
 mod guard;
 mod store;
 mod writer;
 
+pub use claims::Claims;
 pub use guard::{guard, Scope};
 pub use store::{complete, live_claims, purge_expired, StoredResponse};
 pub use writer::{WriteConn, Writer};
@@ -54,6 +56,8 @@ pub struct Claim {
     pub method: String,
     pub path: String,
     pub claim_id: uuid::Uuid,
+    /// SHA-256 of method, path and body: a key reused for another request is refused.
+    pub fingerprint: Vec<u8>,
     /// Set once the response is stored with the effect, so the guard does not store it again.
     completed: Arc<AtomicBool>,
 }

@@ -31,6 +31,7 @@ pub struct AppState {
     pub idempotency: IdempotencyConfig,
     pub counters: crate::participations::batcher::Batcher,
     pub upserts: crate::conversations::batcher::Batcher,
+    pub claims: idempotency::Claims,
 }
 
 impl AppState {
@@ -71,6 +72,7 @@ impl Application {
             idempotency,
             counters: Default::default(),
             upserts: Default::default(),
+            claims: Default::default(),
         };
         let workers = settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let json_limit = JsonLimit(settings.max_json_bytes);

@@ -13,7 +13,6 @@ use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
 use crate::reply::Outcome;
 use sqlx::PgPool;
-use std::collections::HashMap;
 
 /// Batches in flight per shape: while one waits for its commit, the next can be written.
 const IN_FLIGHT: usize = 2;
@@ -39,7 +38,7 @@ impl Batcher {
         let run = move |jobs| {
             let pool = pool.clone();
             async move {
-                for round in rounds(jobs) {
+                for round in coalesce::rounds(jobs, |input: &AnalysisUpsert| input.session_id.clone()) {
                     write(&pool, round).await;
                 }
             }
@@ -51,35 +50,13 @@ impl Batcher {
     }
 }
 
-/// Splits a batch into rounds with distinct session ids (a statement may change a row only
-/// once), keeping arrival order: a session id's second write goes in the round after its first.
-fn rounds(jobs: Vec<Job>) -> Vec<Vec<Job>> {
-    let mut rounds: Vec<Vec<Job>> = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for job in jobs {
-        let round = seen.entry(job.input.session_id.as_str().to_owned()).or_default();
-        if rounds.len() == *round {
-            rounds.push(Vec::new());
-        }
-        rounds[*round].push(job);
-        *round += 1;
-    }
-    rounds
-}
-
 /// One statement for the round. Every write in it was validated at the edge, so a failure of
-/// the statement (an outage, say) is every write's failure, and none of them was written.
+/// the statement (an outage, say) is every write's failure.
 async fn write(pool: &PgPool, jobs: Vec<Job>) {
     let result = async {
         let mut conn = crate::db::waiting(pool.acquire()).await?;
         store::upsert_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>()).await
     }
     .await;
-    match result {
-        Ok(answers) => jobs.into_iter().zip(answers).for_each(|(job, answer)| job.answer(Ok(answer))),
-        Err(error) => {
-            tracing::warn!(%error, writes = jobs.len(), "a coalesced upsert failed; every write in it gets the error");
-            jobs.into_iter().for_each(|job| job.answer(Err(error.copy())));
-        }
-    }
+    coalesce::answer_all(jobs, result, "upsert");
 }

@@ -53,9 +53,10 @@ pub async fn guard(
         method: req.method().to_string(),
         path: req.path().to_owned(),
         claim_id: uuid::Uuid::new_v4(),
+        fingerprint,
         completed: Default::default(),
     };
-    match wait_for_claim(&state, &claim, &fingerprint).await {
+    match wait_for_claim(&state, &claim).await {
         Ok(Claimed::Ours) => {}
         Ok(Claimed::Replay(stored)) => {
             crate::ops::metrics::replayed();
@@ -113,11 +114,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Claims the key, waiting up to [`WAIT_FOR_FIRST`] (between short polls that each borrow a
 /// connection only for one statement) for a concurrent first request to finish.
-async fn wait_for_claim(state: &AppState, claim: &Claim, fingerprint: &[u8]) -> Result<Claimed, ApiError> {
+async fn wait_for_claim(state: &AppState, claim: &Claim) -> Result<Claimed, ApiError> {
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     let mut pause = Duration::from_millis(5);
     loop {
-        let claimed = store::claim(&state.pool, claim, fingerprint, state.idempotency).await?;
+        let claimed = state.claims.claim(&state.pool, claim, state.idempotency).await?;
         if !matches!(claimed, Claimed::InFlight(_)) || Instant::now() + pause > deadline {
             return Ok(claimed);
         }

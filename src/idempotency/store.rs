@@ -39,13 +39,21 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Claims the key, taking over a claim whose lease ran out or a record past its TTL.
-pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: IdempotencyConfig) -> ApiResult<Claimed> {
-    let ours = sqlx::query_scalar!(
+/// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
+/// their TTL; returns the `claim_id`s that won. Rows are claimed in key order, so two
+/// statements claiming the same keys lock them in the same order and cannot deadlock.
+pub async fn claim_many(conn: &mut PgConnection, claims: &[&Claim], config: IdempotencyConfig) -> ApiResult<Vec<Uuid>> {
+    let column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
+    let fingerprints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
                (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7::float8 / 1000),
-                   now() + make_interval(secs => $8::float8 / 1000))
+           SELECT scope, key, method, path, fingerprint, claim_id,
+                  now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000)
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
+                AS i (scope, key, method, path, fingerprint, claim_id)
+           ORDER BY scope, method, path, key
            ON CONFLICT (scope, method, path, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
@@ -53,20 +61,22 @@ pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: Ide
                completed_at = NULL, created_at = now()
            WHERE k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now())
            RETURNING claim_id"#,
-        claim.scope,
-        claim.key,
-        claim.method,
-        claim.path,
-        fingerprint,
-        claim.claim_id,
+        &column(|c| &c.scope) as &[&str],
+        &column(|c| &c.key) as &[&str],
+        &column(|c| &c.method) as &[&str],
+        &column(|c| &c.path) as &[&str],
+        &fingerprints as &[&[u8]],
+        &ids,
         millis(config.lease) as f64,
         millis(config.ttl) as f64,
     )
-    .fetch_optional(pool)
-    .await?;
-    if ours == Some(claim.claim_id) {
-        return Ok(Claimed::Ours);
-    }
+    .fetch_all(conn)
+    .await?)
+}
+
+/// What holds a key this request did not win: a stored answer, another request's body, or a
+/// request still running.
+pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
         r#"SELECT fingerprint, response_status, response_headers, response_body,
                   extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
@@ -79,10 +89,10 @@ pub async fn claim(pool: &PgPool, claim: &Claim, fingerprint: &[u8], config: Ide
     .fetch_optional(pool)
     .await?
     else {
-        // Purged between our two statements: it is free again; the client's retry will take it.
+        // Purged since the claim: it is free again; the client's retry will take it.
         return Ok(Claimed::InFlight(Duration::from_secs(1)));
     };
-    if row.fingerprint != fingerprint {
+    if row.fingerprint != claim.fingerprint {
         return Ok(Claimed::Mismatch);
     }
     match (row.response_status, row.response_headers, row.response_body) {
