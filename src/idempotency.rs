@@ -7,8 +7,8 @@
 //! 1. **Claim** ([`guard`], before the handler runs): one autocommit
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or expired>` on
 //!    `idempotency_keys`, keyed by (scope, method, path, key), writes our random `claim_id` and a
-//!    lease (`locked_until`). Claims that arrive together share that statement ([`Claims`]). If the row belongs to someone else we answer without running
-//!    anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
+//!    lease (`locked_until`). Claims that arrive together share that statement ([`Claims`]).
+//!    If the row belongs to someone else we answer without running anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
 //!    differs, or - after waiting briefly without holding a connection - 409 while the first
 //!    request still runs.
 //! 2. **Effect + record in one transaction** ([`Writer`]): the handler's writes run in a
@@ -24,6 +24,9 @@
 //! while its request is still running and a retry takes the key over, the fence (`claim_id`)
 //! makes the late request's transaction roll back: never two effects.
 //!
+//! The coalesced counters skip step 1: their batch transaction claims the keys itself, so claim,
+//! effect and record commit together and no lease is needed ([`Claim::deferred`]).
+//!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
 
@@ -33,8 +36,9 @@ mod store;
 mod writer;
 
 pub use claims::Claims;
+pub use guard::held_elsewhere;
 pub use guard::{guard, Scope};
-pub use store::{complete, live_claims, purge_expired, StoredResponse};
+pub use store::{claim_many, purge_expired, StoredResponse};
 pub use writer::{WriteConn, Writer};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +60,9 @@ pub struct Claim {
     pub method: String,
     pub path: String,
     pub claim_id: uuid::Uuid,
+    /// Claimed by the write itself, in the transaction of its effect (the coalesced counters),
+    /// rather than before the handler runs.
+    pub deferred: bool,
     /// SHA-256 of method, path and body: a key reused for another request is refused.
     pub fingerprint: Vec<u8>,
     /// Set once the response is stored with the effect, so the guard does not store it again.

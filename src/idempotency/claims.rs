@@ -53,7 +53,8 @@ impl Claims {
 async fn write(pool: &PgPool, jobs: Vec<Job>, config: IdempotencyConfig) {
     let result = async {
         let mut conn = crate::db::waiting(pool.acquire()).await?;
-        let won = store::claim_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>(), config).await?;
+        let won =
+            store::claim_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>(), None, config).await?;
         Ok(jobs.iter().map(|job| won.contains(&job.input.claim_id)).collect())
     }
     .await;

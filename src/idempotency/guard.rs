@@ -3,16 +3,18 @@
 use super::store::{self, Claimed, StoredResponse};
 use super::Claim;
 use crate::domain::IdempotencyKey;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::read_limited;
+use crate::reply::Reply;
 use crate::startup::AppState;
 use actix_web::body::{self, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderName;
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
 pub const HEADER: &str = "idempotency-key";
@@ -53,21 +55,16 @@ pub async fn guard(
         method: req.method().to_string(),
         path: req.path().to_owned(),
         claim_id: uuid::Uuid::new_v4(),
+        deferred: crate::participations::routes::claims_in_batch(req.path()),
         fingerprint,
         completed: Default::default(),
     };
-    match wait_for_claim(&state, &claim).await {
-        Ok(Claimed::Ours) => {}
-        Ok(Claimed::Replay(stored)) => {
-            crate::ops::metrics::replayed();
-            return Ok(req.into_response(replay(stored)));
+    if !claim.deferred {
+        match wait_for_claim(&state, &claim).await.map(held) {
+            Ok(None) => {}
+            Ok(Some(answer)) => return Ok(req.into_response(respond(answer))),
+            Err(error) => return Ok(problem(req, error)),
         }
-        Ok(Claimed::Mismatch) => return Ok(problem(req, ApiError::IdempotencyKeyReused)),
-        Ok(Claimed::InFlight(left)) => {
-            let retry_after_secs = left.as_secs_f64().ceil().max(1.0) as u64;
-            return Ok(problem(req, ApiError::IdempotencyKeyInFlight { retry_after_secs }));
-        }
-        Err(error) => return Ok(problem(req, error)),
     }
     req.extensions_mut().insert(claim.clone());
     let response = next.call(req).await?.map_into_boxed_body();
@@ -127,14 +124,36 @@ async fn wait_for_claim(state: &AppState, claim: &Claim) -> Result<Claimed, ApiE
     }
 }
 
-fn replay(stored: StoredResponse) -> HttpResponse {
-    let mut response = HttpResponse::build(StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK));
-    for (name, value) in stored.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            response.append_header((name, value));
+/// The answer for a key another request holds: its stored response (a replay), 422 when that
+/// request had another body, 409 while it still runs. `None`: the key is ours.
+fn held(claimed: Claimed) -> Option<ApiResult<Reply>> {
+    match claimed {
+        Claimed::Ours => None,
+        Claimed::Replay(stored) => {
+            crate::ops::metrics::replayed();
+            let mut headers: Vec<(HeaderName, String)> =
+                stored.headers.into_iter().filter_map(|(name, value)| Some((name.try_into().ok()?, value))).collect();
+            headers.push((HeaderName::from_static(REPLAYED), "true".to_owned()));
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            Some(Ok(Reply { status, headers, body: stored.body }))
+        }
+        Claimed::Mismatch => Some(Err(ApiError::IdempotencyKeyReused)),
+        Claimed::InFlight(left) => {
+            let retry_after_secs = left.as_secs_f64().ceil().max(1.0) as u64;
+            Some(Err(ApiError::IdempotencyKeyInFlight { retry_after_secs }))
         }
     }
-    response.insert_header((REPLAYED, "true")).body(stored.body)
+}
+
+fn respond(answer: ApiResult<Reply>) -> HttpResponse {
+    answer.map_or_else(|error| error.error_response(), Reply::into_response)
+}
+
+/// For a write that claims its key itself and lost it to an earlier request: that request's
+/// answer, which the guard then leaves as it is.
+pub async fn held_elsewhere(pool: &PgPool, claim: &Claim) -> ApiResult<Reply> {
+    claim.mark_completed();
+    held(store::inspect(pool, claim).await?).unwrap_or(Err(ApiError::Conflict))
 }
 
 /// Stores an answer the handler did not store itself (below 500), or gives the key back (5xx).
@@ -147,6 +166,9 @@ async fn settle(
         return Ok(response);
     }
     if response.status().is_server_error() {
+        if claim.deferred {
+            return Ok(response);
+        }
         if let Err(error) = store::release(&state.pool, claim).await {
             tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lease ends");
         }
@@ -160,7 +182,15 @@ async fn settle(
         .filter_map(|name| Some((name.to_string(), head.headers().get(*name)?.to_str().ok()?.to_owned())))
         .collect();
     let stored = StoredResponse { status: head.status().as_u16(), headers, body: body.to_vec() };
-    let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
-    store::complete(&mut conn, std::slice::from_ref(claim), &stored).await?;
+    if claim.deferred {
+        // Answered without a write (a 4xx): claim and record together, unless an earlier
+        // request holds the key, whose answer then wins.
+        if let Some(answer) = held(store::claim_and_store(&state.pool, claim, &stored, state.idempotency).await?) {
+            return Ok(ServiceResponse::new(req, respond(answer)));
+        }
+    } else {
+        let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
+        store::complete(&mut conn, claim, &stored).await?;
+    }
     Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))
 }

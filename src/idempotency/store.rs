@@ -40,25 +40,34 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
-/// their TTL; returns the `claim_id`s that won. Rows are claimed in key order, so two
-/// statements claiming the same keys lock them in the same order and cannot deadlock.
-pub async fn claim_many(conn: &mut PgConnection, claims: &[&Claim], config: IdempotencyConfig) -> ApiResult<Vec<Uuid>> {
+/// their TTL; returns the `claim_id`s that won. With `answer`, the keys are recorded as
+/// answered at once: the coalesced counters, which claim inside the transaction of the effect,
+/// know their answer before they claim. Rows are claimed in key order, so two statements
+/// claiming the same keys lock them in the same order and cannot deadlock.
+pub async fn claim_many(
+    conn: &mut PgConnection,
+    claims: &[&Claim],
+    answer: Option<&StoredResponse>,
+    config: IdempotencyConfig,
+) -> ApiResult<Vec<Uuid>> {
     let column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
     let fingerprints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
     let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
-               (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at)
+               (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
+                response_status, response_headers, response_body, completed_at)
            SELECT scope, key, method, path, fingerprint, claim_id,
-                  now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000)
+                  now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000),
+                  $9::int2, $10::jsonb, $11::bytea, CASE WHEN $9::int2 IS NOT NULL THEN now() END
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
                 AS i (scope, key, method, path, fingerprint, claim_id)
            ORDER BY scope, method, path, key
            ON CONFLICT (scope, method, path, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
-               response_status = NULL, response_headers = NULL, response_body = NULL,
-               completed_at = NULL, created_at = now()
+               response_status = EXCLUDED.response_status, response_headers = EXCLUDED.response_headers,
+               response_body = EXCLUDED.response_body, completed_at = EXCLUDED.completed_at, created_at = now()
            WHERE k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now())
            RETURNING claim_id"#,
         &column(|c| &c.scope) as &[&str],
@@ -69,6 +78,9 @@ pub async fn claim_many(conn: &mut PgConnection, claims: &[&Claim], config: Idem
         &ids,
         millis(config.lease) as f64,
         millis(config.ttl) as f64,
+        answer.map(|a| a.status as i16),
+        answer.map(|a| serde_json::to_value(&a.headers).expect("header pairs serialise")),
+        answer.map(|a| a.body.as_slice()),
     )
     .fetch_all(conn)
     .await?)
@@ -105,32 +117,38 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     }
 }
 
-/// Locks the claims that are still ours (not taken over after a lease ran out) until commit,
-/// and returns their ids: only requests whose claim is live may take effect.
-pub async fn live_claims(conn: &mut PgConnection, claims: &[Claim]) -> ApiResult<Vec<Uuid>> {
-    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
-    Ok(sqlx::query_scalar!("SELECT claim_id FROM idempotency_keys WHERE claim_id = ANY($1) FOR UPDATE", &ids)
-        .fetch_all(conn)
-        .await?)
+/// Claims the key and records `response` in one statement, for an answer given without a
+/// write by a route that claims its keys itself ([`Claim::deferred`]). A key already held is
+/// left to its holder.
+pub async fn claim_and_store(
+    pool: &PgPool,
+    claim: &Claim,
+    response: &StoredResponse,
+    config: IdempotencyConfig,
+) -> ApiResult<Claimed> {
+    let mut conn = pool.acquire().await?;
+    if claim_many(&mut conn, &[claim], Some(response), config).await?.is_empty() {
+        return inspect(pool, claim).await;
+    }
+    Ok(Claimed::Ours)
 }
 
-/// Stores the response on the claimed rows (a coalesced batch answers all alike), fenced by
-/// `claim_id`, which a take-over replaces. `false`: some claim was taken over (its lease ran
-/// out), and the caller must not commit its effect.
-pub async fn complete(conn: &mut PgConnection, claims: &[Claim], response: &StoredResponse) -> ApiResult<bool> {
-    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+/// Stores the response on the claimed row, fenced by `claim_id`, which a take-over replaces.
+/// `false`: the claim was taken over (its lease ran out), and the caller must not commit its
+/// effect.
+pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredResponse) -> ApiResult<bool> {
     let stored = sqlx::query!(
         "UPDATE idempotency_keys
          SET response_status = $2, response_headers = $3, response_body = $4, completed_at = now()
-         WHERE claim_id = ANY($1)",
-        &ids,
+         WHERE claim_id = $1",
+        claim.claim_id,
         response.status as i16,
         serde_json::to_value(&response.headers).expect("header pairs serialise"),
         response.body,
     )
     .execute(conn)
     .await?;
-    Ok(stored.rows_affected() == claims.len() as u64)
+    Ok(stored.rows_affected() == 1)
 }
 
 /// Gives a key back after a 5xx, so the client's retry runs the request again.

@@ -74,7 +74,7 @@ impl Writer {
     pub async fn finish(&self, conn: WriteConn, result: ApiResult<Reply>) -> ApiResult<HttpResponse> {
         let reply = result?;
         if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
-            if !store::complete(&mut tx, std::slice::from_ref(claim), &StoredResponse::from(&reply)).await? {
+            if !store::complete(&mut tx, claim, &StoredResponse::from(&reply)).await? {
                 // Our lease ran out and a retry owns the key now: its run counts, not ours.
                 return Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 });
             }

@@ -8,15 +8,16 @@
 //! `UPDATE` by the sums, one ledger row per write) in one transaction. Each request is answered
 //! only after the commit that holds its write, with the row as that commit left it.
 //!
-//! Keyed requests stay exactly-once: the batch transaction first locks the claims that are
-//! still theirs (a request whose lease ran out and was taken over drops out with 409), then
-//! stores the response on every claim before it commits - effect and records together.
+//! Keyed requests stay exactly-once, in one stage: their keys are not claimed before the
+//! handler (as for other routes) but by the batch transaction itself, which applies the deltas,
+//! then claims the keys with the answer already on them, and commits - claim, effect and record
+//! together. A key already held (a retry) is answered from its record.
 
 use super::model::{Delta, Participation};
 use super::store;
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
-use crate::idempotency::{self, Claim, StoredResponse};
+use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
 use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -44,11 +45,18 @@ impl Default for Batcher {
 
 impl Batcher {
     /// Applies `delta` (with its idempotency claim, if any) and returns the answer to send.
-    pub async fn apply(&self, pool: &PgPool, id: Uuid, delta: Delta, claim: Option<Claim>) -> ApiResult<Reply> {
+    pub async fn apply(
+        &self,
+        pool: &PgPool,
+        config: IdempotencyConfig,
+        id: Uuid,
+        delta: Delta,
+        claim: Option<Claim>,
+    ) -> ApiResult<Reply> {
         let pool = pool.clone();
         let run = move |jobs| {
             let pool = pool.clone();
-            async move { run(&pool, id, jobs).await }
+            async move { run(&pool, config, id, jobs).await }
         };
         // Only a worker stopping mid-batch drops it (its transaction rolls back): retry elsewhere.
         self.lanes
@@ -62,27 +70,19 @@ fn reply(participation: &Participation) -> Reply {
     Reply::written("participation", Outcome::Updated, participation, || participation.location())
 }
 
-/// A batch's result: the answer (`None`: no such participation) and the keyed jobs it holds.
-type Written = Result<(Option<Reply>, Vec<Job>), (ApiError, Vec<Job>)>;
-
-/// Sends each job its answer; a failure of the batch is every job's failure (nothing of it
-/// was committed).
-async fn run(pool: &PgPool, id: Uuid, jobs: Vec<Job>) {
-    let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
-    let written =
-        if keyed.is_empty() { write_plain(pool, id, &plain).await } else { write_keyed(pool, id, &plain, keyed).await };
-    match written {
-        Ok((answer, keyed)) => {
-            for job in plain.into_iter().chain(keyed) {
-                job.answer(answer.clone().ok_or_else(not_found));
-            }
-        }
-        Err((error, keyed)) => {
-            tracing::warn!(%error, "a counter batch failed; every write in it is answered with the error");
-            for job in plain.into_iter().chain(keyed) {
-                job.answer(Err(error.copy()));
-            }
-        }
+/// Sends each job its answer. The writes without a key and the first write of each key go in
+/// one transaction; a key that appears again in the batch (a retry that overtook its answer)
+/// goes in the next, where it finds the first's record.
+async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>) {
+    let (keyed, mut plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
+    let key = |write: &Write| {
+        write.claim.as_ref().map(|c| (c.scope.clone(), c.method.clone(), c.path.clone(), c.key.clone()))
+    };
+    let mut rounds = coalesce::rounds(keyed, key).into_iter();
+    let first = rounds.next().unwrap_or_default();
+    write(pool, config, id, std::mem::take(&mut plain), first).await;
+    for round in rounds {
+        write(pool, config, id, Vec::new(), round).await;
     }
 }
 
@@ -90,49 +90,59 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no participation has this id".into())
 }
 
-fn deltas<'a>(jobs: impl Iterator<Item = &'a Job>) -> Vec<Delta> {
-    jobs.map(|job| job.input.delta.clone()).collect()
-}
-
-async fn write_plain(pool: &PgPool, id: Uuid, jobs: &[Job]) -> Written {
-    let fail = |e: ApiError| (e, Vec::new());
-    let mut conn = crate::db::waiting(pool.acquire()).await.map_err(|e| fail(e.into()))?;
-    let updated = store::apply(&mut conn, id, &deltas(jobs.iter())).await.map_err(fail)?;
-    Ok((updated.as_ref().map(reply), Vec::new()))
-}
-
-/// Plain and keyed writes of one batch in one transaction with the keys' records.
-async fn write_keyed(pool: &PgPool, id: Uuid, plain: &[Job], keyed: Vec<Job>) -> Written {
-    let mut tx = match crate::db::waiting(pool.begin()).await {
-        Ok(tx) => tx,
-        Err(e) => return Err((e.into(), keyed)),
-    };
-    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.input.claim.clone()).collect();
-    let live = match idempotency::live_claims(&mut tx, &claims).await {
-        Ok(live) => live,
-        Err(e) => return Err((e, keyed)),
-    };
-    let (keyed, lost): (Vec<Job>, Vec<Job>) =
-        keyed.into_iter().partition(|j| j.input.claim.as_ref().is_some_and(|c| live.contains(&c.claim_id)));
-    for job in lost {
-        job.answer(Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 }));
+/// One transaction: apply the deltas, then claim the keys and record the answer on them in
+/// one statement, and commit: claim, effect and record commit together or not at all, so a
+/// crash leaves no claim behind. A key that an earlier request already holds (a retry) rolls the
+/// transaction back; it runs again without that key, which is answered from its holder's record.
+async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Job>, keyed: Vec<Job>) {
+    let claim_id = |job: &Job| job.input.claim.as_ref().map(|c| c.claim_id);
+    let mut held: Vec<Uuid> = Vec::new();
+    let result = async {
+        if keyed.is_empty() {
+            // Nothing to record: one autocommit statement.
+            let mut conn = crate::db::waiting(pool.acquire()).await?;
+            let deltas: Vec<Delta> = plain.iter().map(|job| job.input.delta.clone()).collect();
+            return Ok(store::apply(&mut conn, id, &deltas).await?.as_ref().map(reply));
+        }
+        loop {
+            let live: Vec<&Job> =
+                keyed.iter().filter(|job| !claim_id(job).is_some_and(|c| held.contains(&c))).collect();
+            let deltas: Vec<Delta> =
+                plain.iter().chain(live.iter().copied()).map(|job| job.input.delta.clone()).collect();
+            if deltas.is_empty() {
+                return Ok(None); // every key is held by an earlier request: nothing to write
+            }
+            let mut tx = crate::db::waiting(pool.begin()).await?;
+            // Unknown id: nothing to commit (the transaction rolls back when dropped); the guard
+            // records the 404 of each key like any 4xx.
+            let Some(participation) = store::apply(&mut tx, id, &deltas).await? else { return Ok(None) };
+            let answer = reply(&participation);
+            let claims: Vec<&Claim> = live.iter().filter_map(|job| job.input.claim.as_ref()).collect();
+            let won = idempotency::claim_many(&mut tx, &claims, Some(&StoredResponse::from(&answer)), config).await?;
+            if won.len() == claims.len() {
+                tx.commit().await?;
+                claims.iter().for_each(|c| c.mark_completed());
+                return ApiResult::Ok(Some(answer));
+            }
+            held.extend(claims.iter().map(|c| c.claim_id).filter(|c| !won.contains(c)));
+        }
     }
-    let updated = match store::apply(&mut tx, id, &deltas(plain.iter().chain(&keyed))).await {
-        Ok(updated) => updated,
-        Err(e) => return Err((e, keyed)),
+    .await;
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(%error, "a counter batch failed; every write in it is answered with the error");
+            plain.into_iter().chain(keyed).for_each(|job| job.answer(Err(error.copy())));
+            return;
+        }
     };
-    // Unknown id: nothing to commit; the guard stores the 404 like any 4xx.
-    let Some(participation) = updated else { return Ok((None, keyed)) };
-    let answer = reply(&participation);
-    let claims: Vec<Claim> = keyed.iter().filter_map(|j| j.input.claim.clone()).collect();
-    match idempotency::complete(&mut tx, &claims, &StoredResponse::from(&answer)).await {
-        Ok(true) => {}
-        Ok(false) => return Err((ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 }, keyed)),
-        Err(e) => return Err((e, keyed)),
+    for job in plain.into_iter().chain(keyed) {
+        match &job.input.claim {
+            Some(claim) if held.contains(&claim.claim_id) => {
+                let answer = idempotency::held_elsewhere(pool, claim).await;
+                job.answer(answer);
+            }
+            _ => job.answer(answer.clone().ok_or_else(not_found)),
+        }
     }
-    if let Err(e) = tx.commit().await {
-        return Err((e.into(), keyed));
-    }
-    claims.iter().for_each(Claim::mark_completed);
-    Ok((Some(answer), keyed))
 }

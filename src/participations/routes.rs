@@ -41,6 +41,14 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     Ok(HttpResponse::Ok().json(participation))
 }
 
+/// The counter routes (`/api/participations/{id}/<counter>`), whose batches claim their
+/// idempotency keys themselves, in the transaction of the effect.
+pub fn claims_in_batch(path: &str) -> bool {
+    const COUNTERS: [&str; 4] = ["impressions", "clicks", "viewer-samples", "earnings"];
+    let mut parts = path.strip_prefix("/api/participations/").unwrap_or("").split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(id), Some(counter), None) if !id.is_empty() && COUNTERS.contains(&counter))
+}
+
 /// Counter writes go through the batcher, which coalesces concurrent writes to one row.
 async fn record(
     state: web::Data<AppState>,
@@ -49,7 +57,7 @@ async fn record(
     delta: ApiResult<Delta>,
 ) -> ApiResult<HttpResponse> {
     let (id, delta) = (path_id(id)?, delta?);
-    let reply = state.counters.apply(&state.pool, id, delta, writer.claim()).await?;
+    let reply = state.counters.apply(&state.pool, state.idempotency, id, delta, writer.claim()).await?;
     Ok(reply.into_response())
 }
 

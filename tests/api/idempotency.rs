@@ -204,6 +204,36 @@ async fn a_retried_upload_with_a_new_multipart_boundary_is_a_replay() {
     assert_eq!(bodies[0].2, bodies[1].2);
 }
 
+/// Counter writes claim their keys inside their batch's transaction: the answers that never
+/// reach a batch (4xx) are stored all the same, and a key stays bound to its first body.
+#[tokio::test]
+async fn keyed_counter_answers_without_a_write_are_stored_and_a_key_keeps_its_body() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let clicks = app.url(&format!("/api/participations/{id}/clicks"));
+
+    let invalid = send_keyed(&app.client, &clicks, "bad", &json!({"type": "bogus"})).await;
+    let again = send_keyed(&app.client, &clicks, "bad", &json!({"type": "bogus"})).await;
+    assert_eq!((invalid.status, invalid.replayed), (422, false));
+    assert_eq!((again.status, again.replayed, &again.body), (422, true, &invalid.body), "a 422 is stored and replayed");
+
+    let unknown = app.url(&format!("/api/participations/{}/clicks", uuid::Uuid::new_v4()));
+    let missing = send_keyed(&app.client, &unknown, "gone", &json!({})).await;
+    let again = send_keyed(&app.client, &unknown, "gone", &json!({})).await;
+    assert_eq!((missing.status, again.status, again.replayed), (404, 404, true), "a 404 is stored and replayed");
+
+    let first = send_keyed(&app.client, &clicks, "once", &json!({"type": "chat"})).await;
+    assert_eq!((first.status, first.replayed), (200, false));
+    for other in [json!({"type": "qr"}), json!({"type": "bogus"})] {
+        let reused = app.client.post(&clicks).header("idempotency-key", "once").json(&other).send().await.unwrap();
+        assert_problem(reused, 422, "idempotency_key_reused").await;
+    }
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!((stored["clicks"].as_i64(), stored["chat_clicks"].as_i64()), (Some(1), Some(1)), "one click counted");
+    let records = app.count("SELECT count(*) FROM idempotency_keys WHERE response_status IS NOT NULL").await;
+    assert_eq!(records, 3, "bad, gone and once are recorded; nothing else");
+}
+
 #[tokio::test]
 async fn an_expired_key_runs_again_and_the_purge_removes_it() {
     let app = TestApp::spawn_with(&["--idempotency-ttl", "1s"]).await;
