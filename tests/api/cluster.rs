@@ -11,8 +11,35 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A running `upsertd serve`, killed when dropped: a failing test must not leave a server (and
+/// its cluster) behind, holding the test runner's output open.
+pub struct Binary(Child);
+
+impl std::ops::Deref for Binary {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Binary {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `upsertd serve` on its own cluster in `data_dir` and waits until it answers.
-pub async fn start_binary(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Child {
+pub async fn start_binary(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Binary {
     let mut command = Command::new(env!("CARGO_BIN_EXE_upsertd"));
     command
         .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -32,7 +59,7 @@ pub async fn start_binary(data_dir: &Path, port: u16, extra_env: &[(&str, &str)]
         }
         let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok_and(|r| r.status() == 200);
         if ready {
-            return child;
+            return Binary(child);
         }
         assert!(Instant::now() < deadline, "upsertd did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
