@@ -70,6 +70,11 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// The row of `idempotency_keys` this claim takes: (scope, method, path, key).
+    pub fn slot(&self) -> (String, String, String, String) {
+        (self.scope.clone(), self.method.clone(), self.path.clone(), self.key.clone())
+    }
+
     pub(crate) fn mark_completed(&self) {
         self.completed.store(true, Ordering::Release);
     }

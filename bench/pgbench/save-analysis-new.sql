@@ -1,6 +1,7 @@
--- POST /api/save-analysis with a new session id: the statement of upsert() in
--- src/conversations/store.rs, verbatim, with the body's fields (transcript, analysis) set and
--- the absent ones (user_id, language, audio_id) kept. The insert path.
+-- POST /api/save-analysis with a new session id: the statement of upsert_many() in
+-- src/conversations/store.rs in its single-row form (VALUES instead of unnest), with the
+-- body's fields (transcript, analysis) set and the absent ones (user_id, language, audio_id)
+-- kept. The insert path.
 \set n random(1, 1000000000)
 INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, audio_id)
 VALUES (gen_random_uuid(), 'pgb-new-' || gen_random_uuid(), NULL, NULL, 'hello world ' || :n, jsonb_build_object('score', (:n)::bigint % 10, 'n', (:n)::bigint), NULL)

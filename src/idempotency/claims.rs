@@ -31,8 +31,7 @@ impl Claims {
         let run = move |jobs| {
             let pool = run_pool.clone();
             async move {
-                let key = |c: &Claim| (c.scope.clone(), c.method.clone(), c.path.clone(), c.key.clone());
-                for round in coalesce::rounds(jobs, key) {
+                for round in coalesce::rounds(jobs, Claim::slot) {
                     write(&pool, round, config).await;
                 }
             }

@@ -74,13 +74,9 @@ fn reply(participation: &Participation) -> Reply {
 /// one transaction; a key that appears again in the batch (a retry that overtook its answer)
 /// goes in the next, where it finds the first's record.
 async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>) {
-    let (keyed, mut plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
-    let key = |write: &Write| {
-        write.claim.as_ref().map(|c| (c.scope.clone(), c.method.clone(), c.path.clone(), c.key.clone()))
-    };
-    let mut rounds = coalesce::rounds(keyed, key).into_iter();
-    let first = rounds.next().unwrap_or_default();
-    write(pool, config, id, std::mem::take(&mut plain), first).await;
+    let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
+    let mut rounds = coalesce::rounds(keyed, |write: &Write| write.claim.as_ref().map(Claim::slot)).into_iter();
+    write(pool, config, id, plain, rounds.next().unwrap_or_default()).await;
     for round in rounds {
         write(pool, config, id, Vec::new(), round).await;
     }
