@@ -139,8 +139,12 @@ pub async fn claim_and_store(
 pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredResponse) -> ApiResult<bool> {
     let stored = sqlx::query!(
         "UPDATE idempotency_keys
-         SET response_status = $2, response_headers = $3, response_body = $4, completed_at = now()
-         WHERE claim_id = $1",
+         SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
+         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5",
+        claim.scope,
+        claim.method,
+        claim.path,
+        claim.key,
         claim.claim_id,
         response.status as i16,
         serde_json::to_value(&response.headers).expect("header pairs serialise"),
