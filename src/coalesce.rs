@@ -54,7 +54,7 @@ impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
 
     /// Queues `input` on lane `key` and waits for its answer. When the lane has a free drain,
     /// one starts on this worker, running `run` on batch after batch until the queue is empty.
-    /// `None`: the batch was dropped unanswered (its worker stopped mid-batch).
+    /// `None`: the batch was dropped unanswered (see [`unanswered`]).
     pub async fn submit<F, Fut>(&self, key: K, input: I, run: F) -> Option<O>
     where
         F: Fn(Vec<Job<I, O>>) -> Fut + 'static,
@@ -70,14 +70,28 @@ impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
             free
         };
         if start_drain {
-            let lanes = self.clone();
+            let mut drain = Drain { lanes: self.clone(), key, ended: false };
             tokio::task::spawn_local(async move {
-                while let Some(batch) = lanes.next_batch(&key) {
+                while let Some(batch) = drain.lanes.next_batch(&drain.key) {
                     run(batch).await;
                 }
+                drain.ended = true;
+                drop(drain);
             });
         }
         answer.await.ok()
+    }
+
+    /// A drain that stopped early gives its place back; the lane's last one also drops what
+    /// is queued, which answers those writes `None` rather than leaving them waiting forever.
+    fn leave(&self, key: &K) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lane) = lanes.get_mut(key) {
+            lane.in_flight -= 1;
+            if lane.in_flight == 0 {
+                lanes.remove(key);
+            }
+        }
     }
 
     /// Everything queued on the lane, or `None` - and one drain fewer - when nothing is.
@@ -92,6 +106,28 @@ impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
             lanes.remove(key);
         }
         None
+    }
+}
+
+/// The answer for a write whose batch was dropped unanswered (its worker stopped mid-batch, or
+/// a bug): nothing of that batch was committed, so a retry is safe.
+pub fn unanswered() -> ApiError {
+    ApiError::DatabaseUnavailable("the write was dropped before it was answered; retry".into())
+}
+
+/// One running drain of a lane. Dropped before it ended - its batch panicked, or its worker
+/// stopped mid-batch - it leaves the lane, so the lane is not held forever by a drain that is gone.
+struct Drain<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> {
+    lanes: Lanes<K, I, O>,
+    key: K,
+    ended: bool,
+}
+
+impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Drop for Drain<K, I, O> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.lanes.leave(&self.key);
+        }
     }
 }
 
@@ -120,5 +156,62 @@ pub fn answer_all<I, T>(jobs: Vec<Job<I, ApiResult<T>>>, result: ApiResult<Vec<T
             tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; every write in it gets the error");
             jobs.into_iter().for_each(|job| job.answer(Err(ApiError::copy(&error))));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    type Run = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+    /// Answers every job with the size of its batch, after a pause that keeps the batch in flight.
+    fn sized(sizes: Rc<RefCell<Vec<usize>>>) -> impl Fn(Vec<Job<u32, usize>>) -> Run {
+        move |jobs| {
+            let sizes = sizes.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sizes.borrow_mut().push(jobs.len());
+                let size = jobs.len();
+                jobs.into_iter().for_each(|job| job.answer(size));
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_that_arrive_while_one_is_in_flight_share_the_next_batch() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let lanes: Lanes<&str, u32, usize> = Lanes::new(1);
+                let sizes = Rc::new(RefCell::new(Vec::new()));
+                let first = lanes.submit("row", 0, sized(sizes.clone()));
+                let later = async {
+                    tokio::time::sleep(Duration::from_millis(5)).await; // the first is in flight now
+                    futures_util::future::join_all((1..10).map(|n| lanes.submit("row", n, sized(sizes.clone())))).await
+                };
+                let (first, later) = futures_util::future::join(first, later).await;
+                assert_eq!(*sizes.borrow(), [1, 9], "the first goes at once, the other nine wait and go together");
+                assert_eq!((first, later), (Some(1), vec![Some(9); 9]));
+                let other = lanes.submit("row", 10, sized(sizes.clone())).await;
+                assert_eq!(other, Some(1), "an idle lane sends a write at once");
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_does_not_hold_its_lane() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let lanes: Lanes<&str, u32, usize> = Lanes::new(1);
+                let panics = |_: Vec<Job<u32, usize>>| async { panic!("a bug in a batch") };
+                assert_eq!(lanes.submit("row", 1, panics).await, None, "the write of the failed batch is dropped");
+                let sizes = Rc::new(RefCell::new(Vec::new()));
+                let again = tokio::time::timeout(Duration::from_secs(2), lanes.submit("row", 2, sized(sizes))).await;
+                assert_eq!(again.ok(), Some(Some(1)), "the lane works again");
+            })
+            .await;
     }
 }

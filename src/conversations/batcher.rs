@@ -10,7 +10,7 @@
 use super::model::{AnalysisUpsert, Conversation, Shape};
 use super::store;
 use crate::coalesce::{self, Lanes};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::reply::Outcome;
 use sqlx::PgPool;
 
@@ -43,10 +43,7 @@ impl Batcher {
                 }
             }
         };
-        self.lanes
-            .submit(input.shape(), input, run)
-            .await
-            .unwrap_or_else(|| Err(ApiError::DatabaseUnavailable("the server is shutting down".into())))
+        self.lanes.submit(input.shape(), input, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
     }
 }
 

@@ -5,7 +5,7 @@
 use super::store::{self, Claimed};
 use super::{Claim, IdempotencyConfig};
 use crate::coalesce::{self, Lanes};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use sqlx::PgPool;
 
 /// Claim statements in flight: while one waits for its commit, the next can be written.
@@ -36,11 +36,7 @@ impl Claims {
                 }
             }
         };
-        let won = self
-            .lanes
-            .submit((), claim.clone(), run)
-            .await
-            .unwrap_or_else(|| Err(ApiError::DatabaseUnavailable("the server is shutting down".into())))?;
+        let won = self.lanes.submit((), claim.clone(), run).await.unwrap_or_else(|| Err(coalesce::unanswered()))?;
         if won {
             Ok(Claimed::Ours)
         } else {

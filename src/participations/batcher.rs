@@ -59,10 +59,7 @@ impl Batcher {
             async move { run(&pool, config, id, jobs).await }
         };
         // Only a worker stopping mid-batch drops it (its transaction rolls back): retry elsewhere.
-        self.lanes
-            .submit(id, Write { delta, claim }, run)
-            .await
-            .unwrap_or_else(|| Err(ApiError::DatabaseUnavailable("the server is shutting down".into())))
+        self.lanes.submit(id, Write { delta, claim }, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
     }
 }
 
