@@ -189,7 +189,7 @@ async fn settle(
             return Ok(ServiceResponse::new(req, respond(answer)));
         }
     } else {
-        let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
+        let mut conn = state.conn().await?;
         store::complete(&mut conn, claim, &stored).await?;
     }
     Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))
