@@ -24,8 +24,9 @@
 //! while its request is still running and a retry takes the key over, the fence (`claim_id`)
 //! makes the late request's transaction roll back: never two effects.
 //!
-//! The coalesced counters skip step 1: their batch transaction claims the keys itself, so claim,
-//! effect and record commit together and no lease is needed ([`Claim::deferred`]).
+//! The coalesced counters skip step 1: their batch's one statement inserts the keys' records
+//! itself, holding the row the answer is rendered from (`response_row`), so claim, effect and
+//! record commit together and no lease is needed ([`Claim::deferred`]).
 //!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
@@ -38,7 +39,7 @@ mod writer;
 pub use claims::Claims;
 pub use guard::held_elsewhere;
 pub use guard::{guard, Scope};
-pub use store::{claim_many, purge_expired, StoredResponse};
+pub use store::{held_keys, purge_expired, StoredResponse};
 pub use writer::{WriteConn, Writer};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,7 +61,7 @@ pub struct Claim {
     pub method: String,
     pub path: String,
     pub claim_id: uuid::Uuid,
-    /// Claimed by the write itself, in the transaction of its effect (the coalesced counters),
+    /// Claimed by the write itself, in the statement of its effect (the coalesced counters),
     /// rather than before the handler runs.
     pub deferred: bool,
     /// SHA-256 of method, path and body: a key reused for another request is refused.

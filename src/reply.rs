@@ -50,8 +50,7 @@ impl Reply {
         }
     }
 
-    /// 201 with `Location` when the request inserted, else 200; `Upsert-Outcome` always.
-    /// Counted in `upsertd_upserts_total{resource, outcome}`.
+    /// [`Reply::resource`], counted in `upsertd_upserts_total{resource, outcome}`.
     pub fn written(
         resource: &'static str,
         outcome: Outcome,
@@ -59,6 +58,11 @@ impl Reply {
         location: impl FnOnce() -> String,
     ) -> Self {
         crate::ops::metrics::upsert(resource, outcome.as_str());
+        Self::resource(outcome, value, location)
+    }
+
+    /// 201 with `Location` when the request inserted, else 200; `Upsert-Outcome` always.
+    pub fn resource(outcome: Outcome, value: &impl Serialize, location: impl FnOnce() -> String) -> Self {
         let reply =
             Self::json(outcome.status(), value).header(HeaderName::from_static(UPSERT_OUTCOME), outcome.as_str());
         match outcome {

@@ -41,8 +41,8 @@ fn millis(d: Duration) -> i64 {
 
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
 /// their TTL; returns the `claim_id`s that won. With `answer`, the keys are recorded as
-/// answered at once: the coalesced counters, which claim inside the transaction of the effect,
-/// know their answer before they claim. Rows are claimed in key order, so two statements
+/// answered at once (an answer given without a write, see [`claim_and_store`]). Rows are
+/// claimed in key order, so two statements
 /// claiming the same keys lock them in the same order and cannot deadlock.
 pub async fn claim_many(
     conn: &mut PgConnection,
@@ -90,7 +90,7 @@ pub async fn claim_many(
 /// request still running.
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
-        r#"SELECT fingerprint, response_status, response_headers, response_body,
+        r#"SELECT fingerprint, response_status, response_headers, response_body, response_row,
                   extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
            FROM idempotency_keys WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4"#,
         claim.scope,
@@ -107,14 +107,45 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     if row.fingerprint != claim.fingerprint {
         return Ok(Claimed::Mismatch);
     }
-    match (row.response_status, row.response_headers, row.response_body) {
-        (Some(status), Some(headers), Some(body)) => Ok(Claimed::Replay(StoredResponse {
+    match (row.response_status, row.response_headers, row.response_body, row.response_row) {
+        (Some(status), Some(headers), Some(body), _) => Ok(Claimed::Replay(StoredResponse {
             status: status as u16,
             headers: serde_json::from_value(headers).unwrap_or_default(),
             body,
         })),
+        (Some(_), _, _, Some(recorded)) => {
+            Ok(Claimed::Replay(crate::participations::batcher::recorded_answer(pool, recorded).await?))
+        }
         _ => Ok(Claimed::InFlight(Duration::from_secs_f64(row.remaining_secs.max(0.0)))),
     }
+}
+
+/// Of these claims, the ones whose key another request holds. A record past its TTL and a
+/// claim past its lease are deleted instead, which frees their keys (where [`claim_many`] would
+/// take them over), for writes that record their keys with plain inserts.
+pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<Vec<Uuid>> {
+    let column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    Ok(sqlx::query_scalar!(
+        r#"WITH i AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[])
+                   AS i (scope, key, method, path, claim_id)
+           ), freed AS (
+               DELETE FROM idempotency_keys k USING i
+               WHERE (k.scope, k.method, k.path, k.key) = (i.scope, i.method, i.path, i.key)
+                 AND (k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now()))
+               RETURNING i.claim_id
+           )
+           SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (scope, method, path, key)
+           WHERE i.claim_id NOT IN (SELECT claim_id FROM freed)"#,
+        &column(|c| &c.scope) as &[&str],
+        &column(|c| &c.key) as &[&str],
+        &column(|c| &c.method) as &[&str],
+        &column(|c| &c.path) as &[&str],
+        &ids,
+    )
+    .fetch_all(conn)
+    .await?)
 }
 
 /// Claims the key and records `response` in one statement, for an answer given without a

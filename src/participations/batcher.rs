@@ -5,16 +5,18 @@
 //! every `UPDATE ... SET clicks = clicks + 1` waits for the row lock of the one before, and each
 //! holds it through a WAL flush. Here the first write for a row goes out at once; writes that
 //! arrive meanwhile queue, and when it commits, the whole queue goes out as one statement (the
-//! `UPDATE` by the sums, one ledger row per write) in one transaction. Each request is answered
+//! `UPDATE` by the sums, one ledger row per write). Each request is answered
 //! only after the commit that holds its write, with the row as that commit left it.
 //!
 //! Keyed requests stay exactly-once, in one stage: their keys are not claimed before the
-//! handler (as for other routes) but by the batch transaction itself, which applies the deltas,
-//! then claims the keys with the answer already on them, and commits - claim, effect and record
-//! together. A key already held (a retry) is answered from its record.
+//! handler (as for other routes) but by the batch's statement itself, which applies the deltas
+//! and records each key with the row it left - claim, effect and record together. A key
+//! already held (a retry) fails that statement; the batch runs again without it, and the key is
+//! answered from its record.
 
 use super::model::{Delta, Participation};
 use super::store;
+use super::store::KeyHeld;
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
@@ -58,7 +60,7 @@ impl Batcher {
             let pool = pool.clone();
             async move { run(&pool, config, id, jobs).await }
         };
-        // Only a worker stopping mid-batch drops it (its transaction rolls back): retry elsewhere.
+        // Only a worker stopping mid-batch drops it (its statement rolls back): retry elsewhere.
         self.lanes.submit(id, Write { delta, claim }, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
     }
 }
@@ -67,8 +69,15 @@ fn reply(participation: &Participation) -> Reply {
     Reply::written("participation", Outcome::Updated, participation, || participation.location())
 }
 
+/// The answer a record of a counter write stands for (`response_row`, see [`store::apply`]):
+/// rendered from the row as the live answer was, so a replay repeats its bytes.
+pub async fn recorded_answer(pool: &PgPool, row: serde_json::Value) -> ApiResult<StoredResponse> {
+    let participation = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;
+    Ok(StoredResponse::from(&Reply::resource(Outcome::Updated, &participation, || participation.location())))
+}
+
 /// Sends each job its answer. The writes without a key and the first write of each key go in
-/// one transaction; a key that appears again in the batch (a retry that overtook its answer)
+/// one statement; a key that appears again in the batch (a retry that overtook its answer)
 /// goes in the next, where it finds the first's record.
 async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>) {
     let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
@@ -83,41 +92,45 @@ fn not_found() -> ApiError {
     ApiError::NotFound("no participation has this id".into())
 }
 
-/// One transaction: apply the deltas, then claim the keys and record the answer on them in
-/// one statement, and commit: claim, effect and record commit together or not at all, so a
-/// crash leaves no claim behind. A key that an earlier request already holds (a retry) rolls the
-/// transaction back; it runs again without that key, which is answered from its holder's record.
+/// One statement applies the deltas and records the keys ([`store::apply`]). A key that an
+/// earlier request holds (a retry) fails it; it runs again without that key, which is
+/// answered from its holder's record.
 async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Job>, keyed: Vec<Job>) {
-    let claim_id = |job: &Job| job.input.claim.as_ref().map(|c| c.claim_id);
     let mut held: Vec<Uuid> = Vec::new();
     let result = async {
-        if keyed.is_empty() {
-            // Nothing to record: one autocommit statement.
-            let mut conn = crate::db::waiting(pool.acquire()).await?;
-            let deltas: Vec<Delta> = plain.iter().map(|job| job.input.delta.clone()).collect();
-            return Ok(store::apply(&mut conn, id, &deltas).await?.as_ref().map(reply));
-        }
+        let mut conn = crate::db::waiting(pool.acquire()).await?;
+        let mut freed_only = false;
         loop {
-            let live: Vec<&Job> =
-                keyed.iter().filter(|job| !claim_id(job).is_some_and(|c| held.contains(&c))).collect();
+            let live: Vec<&Job> = keyed
+                .iter()
+                .filter(|job| !job.input.claim.as_ref().is_some_and(|c| held.contains(&c.claim_id)))
+                .collect();
             let deltas: Vec<Delta> =
                 plain.iter().chain(live.iter().copied()).map(|job| job.input.delta.clone()).collect();
             if deltas.is_empty() {
                 return Ok(None); // every key is held by an earlier request: nothing to write
             }
-            let mut tx = crate::db::waiting(pool.begin()).await?;
-            // Unknown id: nothing to commit (the transaction rolls back when dropped); the guard
-            // records the 404 of each key like any 4xx.
-            let Some(participation) = store::apply(&mut tx, id, &deltas).await? else { return Ok(None) };
-            let answer = reply(&participation);
             let claims: Vec<&Claim> = live.iter().filter_map(|job| job.input.claim.as_ref()).collect();
-            let won = idempotency::claim_many(&mut tx, &claims, Some(&StoredResponse::from(&answer)), config).await?;
-            if won.len() == claims.len() {
-                tx.commit().await?;
-                claims.iter().for_each(|c| c.mark_completed());
-                return ApiResult::Ok(Some(answer));
+            match store::apply(&mut conn, id, &deltas, &claims, config).await? {
+                // Unknown id: nothing was written; the guard records the 404 of each key like any 4xx.
+                Ok(None) => return Ok(None),
+                Ok(Some(participation)) => {
+                    claims.iter().for_each(|c| c.mark_completed());
+                    return ApiResult::Ok(Some(reply(&participation)));
+                }
+                Err(KeyHeld) => {
+                    let taken = idempotency::held_keys(&mut conn, &claims).await?;
+                    // Nothing held: the clash was with records past their TTL, deleted now. A
+                    // second such clash is a race with other processes: let the clients retry.
+                    if taken.is_empty() {
+                        if freed_only {
+                            return Err(ApiError::Conflict);
+                        }
+                        freed_only = true;
+                    }
+                    held.extend(taken);
+                }
             }
-            held.extend(claims.iter().map(|c| c.claim_id).filter(|c| !won.contains(c)));
         }
     }
     .await;

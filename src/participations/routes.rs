@@ -42,7 +42,7 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
 }
 
 /// The counter routes (`/api/participations/{id}/<counter>`), whose batches claim their
-/// idempotency keys themselves, in the transaction of the effect.
+/// idempotency keys themselves, in the statement of the effect.
 pub fn claims_in_batch(path: &str) -> bool {
     const COUNTERS: [&str; 4] = ["impressions", "clicks", "viewer-samples", "earnings"];
     let mut parts = path.strip_prefix("/api/participations/").unwrap_or("").split('/');

@@ -3,6 +3,7 @@
 use super::model::{Delta, Overlay, Participation};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{Claim, IdempotencyConfig};
 use crate::reply::Outcome;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -57,19 +58,39 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Particip
     Ok(sqlx::query_as!(Participation, "SELECT * FROM participations WHERE id = $1", id).fetch_optional(conn).await?)
 }
 
+/// A key of a batch already has a record (a retry, or a request that another process ran
+/// meanwhile): [`apply`] wrote nothing.
+pub struct KeyHeld;
+
 /// Applies counter writes - one, or several that arrived together for this participation -
-/// in one statement: the `UPDATE` moves every counter by the batch's sums (all arithmetic in
-/// SQL, never read-modify-write here) and the same statement appends one ledger row per write.
-/// `None`: no such id.
+/// and records the answer of each keyed one, in one autocommit statement: the `UPDATE` moves
+/// every counter by the batch's sums (all arithmetic in SQL, never read-modify-write here), one
+/// ledger row per write is appended, and one `idempotency_keys` record per claim is inserted
+/// holding the row the `UPDATE` left (`response_row`), from which the answer is rendered.
+/// Effect and records commit together or not at all, so a crash leaves no claim behind.
+/// `None`: no such id, and nothing was written.
+///
+/// The records are plain inserts: a key that already has one (a retry) fails the whole
+/// statement, and the caller learns it as [`KeyHeld`]. They are inserted in key order,
+/// so two processes inserting the same keys wait for each other in one order, never a deadlock.
 ///
 /// The mean viewer count is `total / samples` of two exact integers, so samples arriving
 /// concurrently give the same mean as the same samples in any order.
-pub async fn apply(conn: &mut PgConnection, id: Uuid, deltas: &[Delta]) -> ApiResult<Option<Participation>> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    id: Uuid,
+    deltas: &[Delta],
+    claims: &[&Claim],
+    config: IdempotencyConfig,
+) -> ApiResult<Result<Option<Participation>, KeyHeld>> {
     let column = |f: fn(&Delta) -> i64| deltas.iter().map(f).collect::<Vec<_>>();
     let kinds: Vec<&str> = deltas.iter().map(|d| d.kind).collect();
     let earnings: Vec<Decimal> = deltas.iter().map(|d| d.earnings).collect();
     let viewers: Vec<Option<i64>> = deltas.iter().map(|d| d.viewer_count).collect();
-    Ok(sqlx::query_as!(
+    let claim_column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
+    let fingerprints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
+    let claim_ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    let applied = sqlx::query_as!(
         Participation,
         r#"WITH d AS (
                SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
@@ -104,6 +125,16 @@ pub async fn apply(conn: &mut PgConnection, id: Uuid, deltas: &[Delta]) -> ApiRe
                SELECT moved.id, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
                       d.viewer_count
                FROM moved, d
+           ), recorded AS (
+               INSERT INTO idempotency_keys
+                   (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
+                    response_status, response_row, completed_at)
+               SELECT i.scope, i.key, i.method, i.path, i.fingerprint, i.claim_id, now(),
+                      now() + make_interval(secs => $16::float8 / 1000), $17::int2, to_jsonb(moved), now()
+               FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[])
+                        AS i (scope, key, method, path, fingerprint, claim_id),
+                    moved
+               ORDER BY i.scope, i.method, i.path, i.key
            )
            SELECT id AS "id!", campaign_id AS "campaign_id!", streamer_id AS "streamer_id!",
                   browser_source_token AS "browser_source_token!", impressions AS "impressions!",
@@ -123,9 +154,32 @@ pub async fn apply(conn: &mut PgConnection, id: Uuid, deltas: &[Delta]) -> ApiRe
         &column(|d| d.link_clicks),
         &earnings,
         &viewers as &[Option<i64>],
+        &claim_column(|c| &c.scope) as &[&str],
+        &claim_column(|c| &c.key) as &[&str],
+        &claim_column(|c| &c.method) as &[&str],
+        &claim_column(|c| &c.path) as &[&str],
+        &fingerprints as &[&[u8]],
+        &claim_ids,
+        config.ttl.as_millis() as f64,
+        Outcome::Updated.status().as_u16() as i16,
     )
     .fetch_optional(conn)
-    .await?)
+    .await;
+    match applied {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => Ok(Err(KeyHeld)),
+        applied => Ok(Ok(applied?)),
+    }
+}
+
+/// The row an idempotency record keeps (`response_row`, see [`apply`]), typed again by
+/// PostgreSQL itself, so every value is exactly the one the live answer was rendered from.
+pub async fn recorded(conn: &mut PgConnection, row: serde_json::Value) -> ApiResult<Participation> {
+    // Unchecked at compile time: `jsonb_populate_record` hides the columns' nullability from
+    // the macros, and `*` keeps this in step with the table.
+    Ok(sqlx::query_as("SELECT * FROM jsonb_populate_record(NULL::participations, $1)")
+        .bind(row)
+        .fetch_one(conn)
+        .await?)
 }
 
 /// Sets the chat command (default `!<campaign_id>`) and the tracking URL, which is

@@ -234,6 +234,47 @@ async fn keyed_counter_answers_without_a_write_are_stored_and_a_key_keeps_its_bo
     assert_eq!(records, 3, "bad, gone and once are recorded; nothing else");
 }
 
+/// A keyed counter write records the row it left, in its own statement, and a replay renders
+/// its answer from that row again: awkward values (a mean of 7/3, money at full scale) must come
+/// back byte for byte. A record past its TTL that the purge has not reached yet frees its key.
+#[tokio::test]
+async fn a_counter_answer_replayed_from_its_recorded_row_is_byte_identical() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let post = |counter: &str, body: Value| {
+        let path = format!("/api/participations/{id}/{counter}");
+        let app = &app;
+        async move { app.post_json(&path, body).await.status() }
+    };
+    for viewers in [1, 2, 4] {
+        assert_eq!(post("viewer-samples", json!({"viewer_count": viewers})).await, 200);
+    }
+    assert_eq!(post("earnings", json!({"amount": "123456789012.000001"})).await, 200);
+    let clicks = app.url(&format!("/api/participations/{id}/clicks"));
+
+    let first = send_keyed(&app.client, &clicks, "exact", &json!({"type": "qr"})).await;
+    let shown: Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(
+        (shown["avg_viewer_count"].as_f64(), shown["estimated_earnings"].as_str()),
+        (Some(7.0 / 3.0), Some("123456789012.000001"))
+    );
+    let rows = "SELECT count(*) FROM idempotency_keys WHERE response_row IS NOT NULL AND response_body IS NULL";
+    assert_eq!(app.count(rows).await, 1, "recorded as the row, by the statement of the effect");
+    let again = send_keyed(&app.client, &clicks, "exact", &json!({"type": "qr"})).await;
+    assert_eq!((first.replayed, again.replayed), (false, true));
+    assert_eq!(String::from_utf8_lossy(&again.body), String::from_utf8_lossy(&first.body), "the same bytes");
+
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let after = send_keyed(&app.client, &clicks, "exact", &json!({"type": "qr"})).await;
+    assert!(!after.replayed, "past its TTL the key runs again");
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!(stored["qr_scans"], 2);
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1, "the expired record gave way");
+}
+
 #[tokio::test]
 async fn an_expired_key_runs_again_and_the_purge_removes_it() {
     let app = TestApp::spawn_with(&["--idempotency-ttl", "1s"]).await;
