@@ -65,15 +65,16 @@ impl Batcher {
     }
 }
 
-fn reply(participation: &Participation) -> Reply {
-    Reply::written("participation", Outcome::Updated, participation, || participation.location())
+/// A counter write's answer: the row as its batch left it, shared by the batch's writes.
+fn answer(participation: &Participation) -> Reply {
+    Reply::resource(Outcome::Updated, participation, || participation.location())
 }
 
 /// The answer a record of a counter write stands for (`response_row`, see [`store::apply`]):
 /// rendered from the row as the live answer was, so a replay repeats its bytes.
 pub async fn recorded_answer(pool: &PgPool, row: serde_json::Value) -> ApiResult<StoredResponse> {
     let participation = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;
-    Ok(StoredResponse::from(&Reply::resource(Outcome::Updated, &participation, || participation.location())))
+    Ok(StoredResponse::from(&answer(&participation)))
 }
 
 /// Sends each job its answer. The writes without a key and the first write of each key go in
@@ -116,7 +117,7 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Jo
                 Ok(None) => return Ok(None),
                 Ok(Some(participation)) => {
                     claims.iter().for_each(|c| c.mark_completed());
-                    return ApiResult::Ok(Some(reply(&participation)));
+                    return ApiResult::Ok(Some(answer(&participation)));
                 }
                 Err(KeyHeld) => {
                     let taken = idempotency::held_keys(&mut conn, &claims).await?;
@@ -134,8 +135,8 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Jo
         }
     }
     .await;
-    let answer = match result {
-        Ok(answer) => answer,
+    let shared = match result {
+        Ok(shared) => shared,
         Err(error) => {
             tracing::warn!(%error, "a counter batch failed; every write in it is answered with the error");
             plain.into_iter().chain(keyed).for_each(|job| job.answer(Err(error.copy())));
@@ -145,10 +146,15 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Jo
     for job in plain.into_iter().chain(keyed) {
         match &job.input.claim {
             Some(claim) if held.contains(&claim.claim_id) => {
-                let answer = idempotency::held_elsewhere(pool, claim).await;
-                job.answer(answer);
+                let replayed = idempotency::held_elsewhere(pool, claim).await;
+                job.answer(replayed);
             }
-            _ => job.answer(answer.clone().ok_or_else(not_found)),
+            _ => {
+                if shared.is_some() {
+                    crate::ops::metrics::upsert("participation", Outcome::Updated.as_str());
+                }
+                job.answer(shared.clone().ok_or_else(not_found));
+            }
         }
     }
 }
