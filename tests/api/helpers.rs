@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::borrow::Borrow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
 use upsertd::cli::Settings;
@@ -78,7 +78,18 @@ pub struct TestApp {
     pub pool: PgPool,
     pub data_dir: PathBuf,
     db_name: String,
-    handle: actix_web::dev::ServerHandle,
+    handles: Vec<actix_web::dev::ServerHandle>,
+}
+
+fn start_server(pool: &PgPool, data_dir: &Path, flags: &[&str]) -> (String, actix_web::dev::ServerHandle) {
+    let data_dir_flag = data_dir.to_str().unwrap().to_owned();
+    let mut args = vec!["--bind", "127.0.0.1:0", "--workers", "2", "--data-dir", &data_dir_flag];
+    args.extend_from_slice(flags);
+    let app = Application::build(&Settings::from_args(args), pool.clone()).expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    (address, handle)
 }
 
 impl TestApp {
@@ -99,14 +110,16 @@ impl TestApp {
             .await
             .unwrap();
         let data_dir = scratch_dir(&format!("apps/{db_name}"));
-        let data_dir_flag = data_dir.to_str().unwrap().to_owned();
-        let mut args = vec!["--bind", "127.0.0.1:0", "--workers", "2", "--data-dir", &data_dir_flag];
-        args.extend_from_slice(flags);
-        let app = Application::build(&Settings::from_args(args), pool.clone()).expect("the app builds");
-        let address = format!("http://127.0.0.1:{}", app.port());
-        let handle = app.handle();
-        tokio::spawn(app.run_until_stopped());
-        Self { address, client: reqwest::Client::new(), pool, data_dir, db_name, handle }
+        let (address, handle) = start_server(&pool, &data_dir, flags);
+        Self { address, client: reqwest::Client::new(), pool, data_dir, db_name, handles: vec![handle] }
+    }
+
+    /// Another server on this test's database, as a second upsertd process would be (its own
+    /// coalescing lanes and pools); returns its address. Stopped with the test.
+    pub fn second_server(&mut self) -> String {
+        let (address, handle) = start_server(&self.pool, &self.data_dir, &[]);
+        self.handles.push(handle);
+        address
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -201,7 +214,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         // The stop command is sent when called; awaiting its completion is not needed here.
-        drop(self.handle.stop(false));
+        for handle in &self.handles {
+            drop(handle.stop(false));
+        }
         let admin = server().admin.clone();
         let db_name = self.db_name.clone();
         let data_dir = self.data_dir.clone();

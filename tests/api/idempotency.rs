@@ -275,6 +275,42 @@ async fn a_counter_answer_replayed_from_its_recorded_row_is_byte_identical() {
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1, "the expired record gave way");
 }
 
+/// Two upsertd processes on one database, each with its own coalescing lanes: every key sent to
+/// both at the same moment counts once. One of the two runs it; the other finds the record in
+/// its batch's statement (a unique violation, never a 500) and replays the same bytes.
+#[tokio::test]
+async fn a_counter_key_sent_to_two_servers_at_once_counts_once() {
+    let mut app = TestApp::spawn().await;
+    let other = app.second_server();
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/participations/{id}/clicks");
+    let (here, there) = (app.url(&path), format!("{other}{path}"));
+    let pairs: Vec<(Answer, Answer)> = stream::iter(0..300)
+        .map(|i| {
+            let (here, there, client) = (here.clone(), there.clone(), app.client.clone());
+            async move {
+                let (key, body) = (format!("twin-{i}"), json!({"type": "link"}));
+                futures_util::future::join(
+                    send_keyed(&client, &here, &key, &body),
+                    send_keyed(&client, &there, &key, &body),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (a, b) in &pairs {
+        assert_eq!((a.status, b.status), (200, 200));
+        assert_ne!(a.replayed, b.replayed, "one of the two ran, the other replayed");
+        assert_eq!(a.body, b.body, "both answers are the same bytes");
+    }
+    let stored: Value = app.get(&path.replace("/clicks", "")).await.json().await.unwrap();
+    assert_eq!(stored["link_clicks"], 300, "300 keys, each sent twice, count 300");
+    assert_eq!(app.count("SELECT count(*) FROM participation_events").await, 300);
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 300);
+}
+
 #[tokio::test]
 async fn an_expired_key_runs_again_and_the_purge_removes_it() {
     let app = TestApp::spawn_with(&["--idempotency-ttl", "1s"]).await;
