@@ -39,7 +39,7 @@ mod writer;
 pub use claims::Claims;
 pub use guard::held_elsewhere;
 pub use guard::{guard, Scope};
-pub use store::{held_keys, purge_expired, StoredResponse};
+pub use store::{held_keys, purge_expired, ClaimColumns, StoredResponse};
 pub use writer::{WriteConn, Writer};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -35,6 +35,30 @@ pub enum Claimed {
     InFlight(Duration),
 }
 
+/// Claims as the columns of an `unnest(...)`: one array per field, in claim order.
+pub struct ClaimColumns<'a> {
+    pub scope: Vec<&'a str>,
+    pub key: Vec<&'a str>,
+    pub method: Vec<&'a str>,
+    pub path: Vec<&'a str>,
+    pub fingerprint: Vec<&'a [u8]>,
+    pub claim_id: Vec<Uuid>,
+}
+
+impl<'a> ClaimColumns<'a> {
+    pub fn of(claims: &[&'a Claim]) -> Self {
+        let text = |field: fn(&'a Claim) -> &'a str| claims.iter().map(|c| field(c)).collect();
+        Self {
+            scope: text(|c| &c.scope),
+            key: text(|c| &c.key),
+            method: text(|c| &c.method),
+            path: text(|c| &c.path),
+            fingerprint: claims.iter().map(|c| c.fingerprint.as_slice()).collect(),
+            claim_id: claims.iter().map(|c| c.claim_id).collect(),
+        }
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -50,9 +74,7 @@ pub async fn claim_many(
     answer: Option<&StoredResponse>,
     config: IdempotencyConfig,
 ) -> ApiResult<Vec<Uuid>> {
-    let column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
-    let fingerprints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
-    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    let columns = ClaimColumns::of(claims);
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
                (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
@@ -70,12 +92,12 @@ pub async fn claim_many(
                response_body = EXCLUDED.response_body, completed_at = EXCLUDED.completed_at, created_at = now()
            WHERE k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now())
            RETURNING claim_id"#,
-        &column(|c| &c.scope) as &[&str],
-        &column(|c| &c.key) as &[&str],
-        &column(|c| &c.method) as &[&str],
-        &column(|c| &c.path) as &[&str],
-        &fingerprints as &[&[u8]],
-        &ids,
+        &columns.scope as &[&str],
+        &columns.key as &[&str],
+        &columns.method as &[&str],
+        &columns.path as &[&str],
+        &columns.fingerprint as &[&[u8]],
+        &columns.claim_id,
         millis(config.lease) as f64,
         millis(config.ttl) as f64,
         answer.map(|a| a.status as i16),
@@ -124,8 +146,7 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
 /// claim past its lease are deleted instead, which frees their keys (where [`claim_many`] would
 /// take them over), for writes that record their keys with plain inserts.
 pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<Vec<Uuid>> {
-    let column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
-    let ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    let columns = ClaimColumns::of(claims);
     Ok(sqlx::query_scalar!(
         r#"WITH i AS (
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[])
@@ -138,11 +159,11 @@ pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<
            )
            SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (scope, method, path, key)
            WHERE i.claim_id NOT IN (SELECT claim_id FROM freed)"#,
-        &column(|c| &c.scope) as &[&str],
-        &column(|c| &c.key) as &[&str],
-        &column(|c| &c.method) as &[&str],
-        &column(|c| &c.path) as &[&str],
-        &ids,
+        &columns.scope as &[&str],
+        &columns.key as &[&str],
+        &columns.method as &[&str],
+        &columns.path as &[&str],
+        &columns.claim_id,
     )
     .fetch_all(conn)
     .await?)

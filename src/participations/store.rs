@@ -3,7 +3,7 @@
 use super::model::{Delta, Overlay, Participation};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::error::{ApiError, ApiResult};
-use crate::idempotency::{Claim, IdempotencyConfig};
+use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
 use crate::reply::Outcome;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -87,9 +87,7 @@ pub async fn apply(
     let kinds: Vec<&str> = deltas.iter().map(|d| d.kind).collect();
     let earnings: Vec<Decimal> = deltas.iter().map(|d| d.earnings).collect();
     let viewers: Vec<Option<i64>> = deltas.iter().map(|d| d.viewer_count).collect();
-    let claim_column = |field: fn(&Claim) -> &str| claims.iter().map(|c| field(c)).collect::<Vec<&str>>();
-    let fingerprints: Vec<&[u8]> = claims.iter().map(|c| c.fingerprint.as_slice()).collect();
-    let claim_ids: Vec<Uuid> = claims.iter().map(|c| c.claim_id).collect();
+    let keys = ClaimColumns::of(claims);
     let applied = sqlx::query_as!(
         Participation,
         r#"WITH d AS (
@@ -154,12 +152,12 @@ pub async fn apply(
         &column(|d| d.link_clicks),
         &earnings,
         &viewers as &[Option<i64>],
-        &claim_column(|c| &c.scope) as &[&str],
-        &claim_column(|c| &c.key) as &[&str],
-        &claim_column(|c| &c.method) as &[&str],
-        &claim_column(|c| &c.path) as &[&str],
-        &fingerprints as &[&[u8]],
-        &claim_ids,
+        &keys.scope as &[&str],
+        &keys.key as &[&str],
+        &keys.method as &[&str],
+        &keys.path as &[&str],
+        &keys.fingerprint as &[&[u8]],
+        &keys.claim_id,
         config.ttl.as_millis() as f64,
         Outcome::Updated.status().as_u16() as i16,
     )
