@@ -326,11 +326,13 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
         "clicks" | "clicks-keyed" => {
             let Some(id) = participation(ctx)?.0 else { return Ok(None) };
             let keyed = workload == "clicks-keyed";
-            Arc::new(move |n| {
+            Arc::new(move |_| {
                 post(
                     format!("/api/participations/{id}/clicks"),
                     r#"{"type":"chat"}"#.into(),
-                    keyed.then(|| format!("bench-{run}-c{connections}-{n}")),
+                    // A random UUID, as the README tells clients to send: it lands anywhere in
+                    // the key index, where a counter-like key would append at one spot.
+                    keyed.then(|| uuid::Uuid::new_v4().to_string()),
                 )
             })
         }
