@@ -66,8 +66,8 @@ fn millis(d: Duration) -> i64 {
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
 /// their TTL; returns the `claim_id`s that won. With `answer`, the keys are recorded as
 /// answered at once (an answer given without a write, see [`claim_and_store`]). Rows are
-/// claimed in key order, so two statements
-/// claiming the same keys lock them in the same order and cannot deadlock.
+/// claimed in key order, so two statements claiming the same keys lock them in the same order
+/// and cannot deadlock.
 pub async fn claim_many(
     conn: &mut PgConnection,
     claims: &[&Claim],
@@ -108,8 +108,8 @@ pub async fn claim_many(
     .await?)
 }
 
-/// What holds a key this request did not win: a stored answer, another request's body, or a
-/// request still running.
+/// What holds a key this request did not win: a stored answer (a counter's is rendered from
+/// its recorded row), another request's body, or a request still running.
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
         r#"SELECT fingerprint, response_status, response_headers, response_body, response_row,

@@ -171,6 +171,8 @@ pub async fn apply(
 
 /// The row an idempotency record keeps (`response_row`, see [`apply`]), typed again by
 /// PostgreSQL itself, so every value is exactly the one the live answer was rendered from.
+/// Records live for the key TTL: a migration that adds a NOT NULL column to `participations`
+/// must also add it to the `response_row` of the records already written, or their replays fail.
 pub async fn recorded(conn: &mut PgConnection, row: serde_json::Value) -> ApiResult<Participation> {
     // Unchecked at compile time: `jsonb_populate_record` hides the columns' nullability from
     // the macros, and `*` keeps this in step with the table.
