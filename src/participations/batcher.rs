@@ -15,8 +15,8 @@
 //! answered from its record.
 
 use super::model::{Delta, Participation};
-use super::store;
 use super::store::KeyHeld;
+use super::{not_found, store};
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
@@ -87,10 +87,6 @@ async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>)
     for round in rounds {
         write(pool, config, id, Vec::new(), round).await;
     }
-}
-
-fn not_found() -> ApiError {
-    ApiError::NotFound("no participation has this id".into())
 }
 
 /// One statement applies the deltas and records the keys ([`store::apply`]). A key that an

@@ -4,7 +4,7 @@ use super::model::{
     ChatCommandBody, ClickBody, CreateBody, Delta, EarningsBody, ImpressionsBody, Overlay, Participation,
     ViewerSampleBody,
 };
-use super::{qr, store};
+use super::{not_found, qr, store};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::JsonBody;
 use crate::idempotency::Writer;
@@ -13,10 +13,6 @@ use crate::startup::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use uuid::Uuid;
-
-fn not_found() -> ApiError {
-    ApiError::NotFound("no participation has this id".into())
-}
 
 fn path_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse().map_err(|_| not_found())
