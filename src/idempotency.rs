@@ -25,8 +25,8 @@
 //! makes the late request's transaction roll back: never two effects.
 //!
 //! The coalesced counters skip step 1: their batch's one statement inserts the keys' records
-//! itself, holding the row the answer is rendered from (`response_row`), so claim, effect and
-//! record commit together and no lease is needed ([`Claim::deferred`]).
+//! itself, pointing at the row the answer is rendered from (`idempotency_answer_rows`), so
+//! claim, effect and record commit together and no lease is needed ([`Claim::deferred`]).
 //!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.

@@ -112,9 +112,11 @@ pub async fn claim_many(
 /// its recorded row), another request's body, or a request still running.
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
-        r#"SELECT fingerprint, response_status, response_headers, response_body, response_row,
-                  extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
-           FROM idempotency_keys WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4"#,
+        r#"SELECT k.fingerprint, k.response_status, k.response_headers, k.response_body,
+                  a.participation AS "response_row?",
+                  extract(epoch FROM greatest(k.locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
+           FROM idempotency_keys k LEFT JOIN idempotency_answer_rows a ON a.id = k.response_row_id
+           WHERE k.scope = $1 AND k.method = $2 AND k.path = $3 AND k.key = $4"#,
         claim.scope,
         claim.method,
         claim.path,
@@ -223,24 +225,33 @@ pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
     Ok(())
 }
 
-/// Deletes expired records a batch at a time: each batch is a short statement, so the purge
-/// never holds many locks or blocks the claims of live keys for long.
+/// Deletes expired records, and the counter answer rows that expired with them, a batch at a
+/// time: each batch is a short statement, so the purge never holds many locks or blocks the
+/// claims of live keys for long. Returns the number of records deleted.
 pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
     const BATCH: i64 = 1000;
     let mut total = 0;
     loop {
         let deleted = sqlx::query!(
-            "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
-                 SELECT ctid FROM idempotency_keys
-                 WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
-                 LIMIT $1 FOR UPDATE SKIP LOCKED))",
+            r#"WITH records AS (
+                   DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                       SELECT ctid FROM idempotency_keys
+                       WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
+                       LIMIT $1 FOR UPDATE SKIP LOCKED))
+                   RETURNING 1
+               ), answer_rows AS (
+                   DELETE FROM idempotency_answer_rows WHERE ctid = ANY (ARRAY(
+                       SELECT ctid FROM idempotency_answer_rows WHERE expires_at < now()
+                       LIMIT $1 FOR UPDATE SKIP LOCKED))
+                   RETURNING 1
+               )
+               SELECT (SELECT count(*) FROM records) AS "records!", (SELECT count(*) FROM answer_rows) AS "answer_rows!""#,
             BATCH
         )
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += deleted;
-        if deleted < BATCH as u64 {
+        .fetch_one(pool)
+        .await?;
+        total += deleted.records as u64;
+        if deleted.records < BATCH && deleted.answer_rows < BATCH {
             return Ok(total);
         }
     }

@@ -70,7 +70,7 @@ fn answer(participation: &Participation) -> Reply {
     Reply::resource(Outcome::Updated, participation, || participation.location())
 }
 
-/// The answer a record of a counter write stands for (`response_row`, see [`store::apply`]):
+/// The answer a record of a counter write stands for (its answer row, see [`store::apply`]):
 /// rendered from the row as the live answer was, so a replay repeats its bytes.
 pub async fn recorded_answer(pool: &PgPool, row: serde_json::Value) -> ApiResult<StoredResponse> {
     let participation = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;

@@ -65,8 +65,9 @@ pub struct KeyHeld;
 /// Applies counter writes - one, or several that arrived together for this participation -
 /// and records the answer of each keyed one, in one autocommit statement: the `UPDATE` moves
 /// every counter by the batch's sums (all arithmetic in SQL, never read-modify-write here), one
-/// ledger row per write is appended, and one `idempotency_keys` record per claim is inserted
-/// holding the row the `UPDATE` left (`response_row`), from which the answer is rendered.
+/// ledger row per write is appended, and one `idempotency_keys` record per claim is inserted,
+/// pointing at the row the `UPDATE` left (`idempotency_answer_rows`, one per batch: every
+/// write of a batch is answered with the same row), from which the answer is rendered.
 /// Effect and records commit together or not at all, so a crash leaves no claim behind.
 /// `None`: no such id, and nothing was written.
 ///
@@ -123,15 +124,21 @@ pub async fn apply(
                SELECT moved.id, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
                       d.viewer_count
                FROM moved, d
+           ), answer AS (
+               INSERT INTO idempotency_answer_rows (id, participation, expires_at)
+               SELECT gen_random_uuid(), to_jsonb(moved), now() + make_interval(secs => $16::float8 / 1000)
+               FROM moved
+               WHERE cardinality($11::text[]) > 0
+               RETURNING id, expires_at
            ), recorded AS (
                INSERT INTO idempotency_keys
                    (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
-                    response_status, response_row, completed_at)
-               SELECT i.scope, i.key, i.method, i.path, i.fingerprint, i.claim_id, now(),
-                      now() + make_interval(secs => $16::float8 / 1000), $17::int2, to_jsonb(moved), now()
+                    response_status, response_row_id, completed_at)
+               SELECT i.scope, i.key, i.method, i.path, i.fingerprint, i.claim_id, now(), answer.expires_at,
+                      $17::int2, answer.id, now()
                FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[])
                         AS i (scope, key, method, path, fingerprint, claim_id),
-                    moved
+                    answer
                ORDER BY i.scope, i.method, i.path, i.key
            )
            SELECT id AS "id!", campaign_id AS "campaign_id!", streamer_id AS "streamer_id!",
@@ -169,10 +176,10 @@ pub async fn apply(
     }
 }
 
-/// The row an idempotency record keeps (`response_row`, see [`apply`]), typed again by
-/// PostgreSQL itself, so every value is exactly the one the live answer was rendered from.
-/// Records live for the key TTL: a migration that adds a NOT NULL column to `participations`
-/// must also add it to the `response_row` of the records already written, or their replays fail.
+/// The row an idempotency record points at (`idempotency_answer_rows`, see [`apply`]), typed
+/// again by PostgreSQL itself, so every value is exactly the one the live answer was rendered
+/// from. These rows live for the key TTL: a migration that adds a NOT NULL column to
+/// `participations` must also add it to the rows already written, or their replays fail.
 pub async fn recorded(conn: &mut PgConnection, row: serde_json::Value) -> ApiResult<Participation> {
     // Unchecked at compile time: `jsonb_populate_record` hides the columns' nullability from
     // the macros, and `*` keeps this in step with the table.
