@@ -41,6 +41,21 @@ impl Outcome {
     pub fn completed(&self) -> u64 {
         self.ok + self.client_errors + self.server_errors + self.route_missing
     }
+
+    /// Adds another run of the same workload (a later slice of one point) to this one.
+    pub fn merge(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        self.client_errors += other.client_errors;
+        self.server_errors += other.server_errors;
+        self.route_missing += other.route_missing;
+        self.transport_errors += other.transport_errors;
+        self.latencies_us.extend(other.latencies_us);
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
 }
 
 pub fn thread_cpu() -> Duration {
@@ -82,20 +97,11 @@ async fn drive(addr: SocketAddr, build: Builder, connections: usize, duration: D
         (0..connections).map(|_| tokio::spawn(connection(addr, build.clone(), counter.clone(), deadline))).collect();
     let mut total = Outcome::default();
     for task in tasks {
-        let part = task.await.unwrap_or_else(|e| Outcome {
+        total.merge(task.await.unwrap_or_else(|e| Outcome {
             transport_errors: 1,
             first_error: Some(e.to_string()),
             ..Default::default()
-        });
-        total.ok += part.ok;
-        total.client_errors += part.client_errors;
-        total.server_errors += part.server_errors;
-        total.route_missing += part.route_missing;
-        total.transport_errors += part.transport_errors;
-        total.latencies_us.extend(part.latencies_us);
-        if total.first_error.is_none() {
-            total.first_error = part.first_error;
-        }
+        }));
     }
     total.elapsed = start.elapsed();
     total

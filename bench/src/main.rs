@@ -176,17 +176,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         big: None,
     };
     let mut points = Vec::new();
-    for workload in &selected {
+    for group in interleaved(&selected) {
         for &connections in &args.connections {
-            if workload.name == "legacy" {
+            if group[0].name == "legacy" {
                 if !args.no_pgbench {
                     points.push(legacy_point(&ctx, connections));
                 }
                 continue;
             }
-            points.push(http_point(&mut ctx, workload, connections));
-            if let (Some(script), false) = (workload.pgbench, args.no_pgbench) {
-                points.push(pgbench_point(&mut ctx, workload, script, connections));
+            for (workload, point) in group.iter().zip(http_points(&mut ctx, &group, connections)) {
+                points.push(point);
+                if let (Some(script), false) = (workload.pgbench, args.no_pgbench) {
+                    points.push(pgbench_point(&mut ctx, workload, script, connections));
+                }
             }
         }
     }
@@ -425,26 +427,89 @@ fn big(ctx: &mut Ctx) -> anyhow::Result<(String, String)> {
     Ok(ctx.big.clone().expect("set"))
 }
 
-fn http_point(ctx: &mut Ctx, workload: &Workload, connections: usize) -> Point {
-    let mut point = blank(workload.name, "upsertd", connections);
-    let build = match builder(ctx, workload.name, connections) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            point.status = "n/a (route missing)".into();
-            report::progress(&point);
-            return point;
-        }
-        Err(e) => {
-            point.status = format!("failed: {e:#}");
-            report::progress(&point);
-            return point;
-        }
+/// Workloads whose targets compare them with each other. They run in turns of
+/// [`SLICES`] short slices each at every connection count, rather than one after the other, so
+/// that drift of the machine (this VM's fsync latency moves throughput by a third within a
+/// minute) falls on both alike.
+const COMPARED: &[[&str; 2]] = &[["clicks", "clicks-keyed"], ["append-big", "append-empty"]];
+const SLICES: u32 = 10;
+
+/// The selected workloads in order, a compared pair as one group when both are selected.
+fn interleaved<'a>(selected: &[&'a Workload]) -> Vec<Vec<&'a Workload>> {
+    let partner = |name: &str| {
+        COMPARED.iter().find_map(|pair| match pair {
+            [a, b] if *a == name => Some(*b),
+            [a, b] if *b == name => Some(*a),
+            _ => None,
+        })
     };
-    let cpu0 = cpu_ticks();
-    let rss = RssSampler::start(ctx.server_pid);
-    let mut outcome = load::run(ctx.addr, build, connections, ctx.duration);
-    point.server_rss_mib = rss.finish();
-    point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+    let mut groups: Vec<Vec<&Workload>> = Vec::new();
+    for &workload in selected {
+        let joined =
+            partner(workload.name).and_then(|other| groups.iter_mut().find(|g| g.len() == 1 && g[0].name == other));
+        match joined {
+            Some(group) => group.push(workload),
+            None => groups.push(vec![workload]),
+        }
+    }
+    groups
+}
+
+/// One point per workload: a single workload runs for the whole duration; a compared pair
+/// alternates in slices that add up to the duration each.
+fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Point> {
+    struct Run {
+        point: Point,
+        build: Option<load::Builder>,
+        outcome: load::Outcome,
+        busy: (u64, u64),
+        rss: f64,
+    }
+    let mut runs: Vec<Run> = group
+        .iter()
+        .map(|workload| {
+            let mut point = blank(workload.name, "upsertd", connections);
+            let build = match builder(ctx, workload.name, connections) {
+                Ok(Some(b)) => Some(b),
+                Ok(None) => {
+                    point.status = "n/a (route missing)".into();
+                    None
+                }
+                Err(e) => {
+                    point.status = format!("failed: {e:#}");
+                    None
+                }
+            };
+            Run { point, build, outcome: Default::default(), busy: (0, 0), rss: 0.0 }
+        })
+        .collect();
+    let slices = if group.len() > 1 { SLICES } else { 1 };
+    for _ in 0..slices {
+        for run in runs.iter_mut() {
+            let Some(build) = run.build.clone() else { continue };
+            let cpu0 = cpu_ticks();
+            let rss = RssSampler::start(ctx.server_pid);
+            run.outcome.merge(load::run(ctx.addr, build, connections, ctx.duration / slices));
+            run.rss = run.rss.max(rss.finish());
+            let cpu1 = cpu_ticks();
+            run.busy.0 += cpu1.0.saturating_sub(cpu0.0);
+            run.busy.1 += cpu1.1.saturating_sub(cpu0.1);
+        }
+    }
+    runs.into_iter()
+        .map(|run| match run.build {
+            Some(_) => finish_point(ctx, run.point, run.outcome, run.busy, run.rss),
+            None => {
+                report::progress(&run.point);
+                run.point
+            }
+        })
+        .collect()
+}
+
+fn finish_point(ctx: &Ctx, mut point: Point, mut outcome: load::Outcome, busy: (u64, u64), rss: f64) -> Point {
+    point.server_rss_mib = rss;
+    point.machine_cpu_pct = busy_pct((0, 0), busy);
     point.server_peak_rss_mib = server::rss_mib(ctx.server_pid).1;
     let secs = outcome.elapsed.as_secs_f64();
     point.requests = outcome.completed();

@@ -84,7 +84,7 @@ pub async fn claim_many(
                   $9::int2, $10::jsonb, $11::bytea, CASE WHEN $9::int2 IS NOT NULL THEN now() END
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
                 AS i (scope, key, method, path, fingerprint, claim_id)
-           ORDER BY scope, method, path, key
+           ORDER BY key, path, method, scope
            ON CONFLICT (scope, method, path, key) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,

@@ -139,7 +139,7 @@ pub async fn apply(
                FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[])
                         AS i (scope, key, method, path, fingerprint, claim_id),
                     answer
-               ORDER BY i.scope, i.method, i.path, i.key
+               ORDER BY i.key, i.path, i.method, i.scope
            )
            SELECT id AS "id!", campaign_id AS "campaign_id!", streamer_id AS "streamer_id!",
                   browser_source_token AS "browser_source_token!", impressions AS "impressions!",
