@@ -31,6 +31,16 @@ ALTER TABLE idempotency_keys
     ADD CONSTRAINT idempotency_keys_completed_has_answer
         CHECK (response_status IS NULL OR response_body IS NOT NULL OR response_row_id IS NOT NULL);
 
+-- What the missing foreign key would have caught. A record listed here gets 409 instead of its
+-- replay until it expires.
+CREATE VIEW idempotency_records_without_answer AS
+SELECT k.scope, k.method, k.path, k.key, k.response_row_id, k.completed_at
+FROM idempotency_keys k
+WHERE k.response_row_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM idempotency_answer_rows a WHERE a.id = k.response_row_id);
+
+COMMENT ON VIEW idempotency_records_without_answer IS
+    'Counter records whose answer row is gone, so their key cannot be replayed. Normally empty.';
 COMMENT ON TABLE idempotency_answer_rows IS
     'The participations rows (to_jsonb) that keyed counter writes were answered with, one per coalesced batch; idempotency_keys.response_row_id points here.';
 COMMENT ON COLUMN idempotency_keys.response_row_id IS

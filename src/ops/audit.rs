@@ -91,6 +91,10 @@ pub async fn run(conn: &mut PgConnection, data_dir: &Path) -> anyhow::Result<Rep
             name: "no idempotency key stuck past its lease",
             findings: checks::stuck_idempotency_keys(conn).await?,
         },
+        Check {
+            name: "every counter record has its answer row",
+            findings: checks::records_without_answer(conn).await?,
+        },
     ];
     let clean = checks.iter().all(|check| check.findings.is_empty());
     Ok(Report { clean, checks })

@@ -85,10 +85,20 @@ async fn a_clean_database_passes_every_check_and_the_binary_exits_0() {
     let appended = app.append_messages("clean-1", json!({"messages": [{"role": "user", "text": "hello"}]})).await;
     assert_eq!(appended.status(), 201);
     stored_audio(&app, b"RIFF....WAVE", b"RIFF....WAVE").await;
+    let participation = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let keyed = app
+        .client
+        .post(app.url(&format!("/api/participations/{participation}/clicks")))
+        .header("idempotency-key", "clean-click")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), 200, "a counter record and its answer row");
 
     let report = audit(&app).await;
     assert!(report.clean, "{}", report.render());
-    assert_eq!(report.checks.len(), 8);
+    assert_eq!(report.checks.len(), 9);
 
     let output = audit_binary(&database_url(&app), &app.data_dir, false);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -115,7 +125,11 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
                  VALUES ('{participation}', 'camp', 'streamer', repeat('c', 64), -1, 5);
              INSERT INTO idempotency_keys (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at)
                  VALUES ('', 'dead-request', 'POST', '/api/chats', '\\x00', gen_random_uuid(),
-                         now() - interval '1 minute', now() + interval '1 day');"
+                         now() - interval '1 minute', now() + interval '1 day');
+             INSERT INTO idempotency_keys (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
+                                           response_status, response_row_id, completed_at)
+                 VALUES ('', 'answer-gone', 'POST', '/api/participations/x/clicks', '\\x00', gen_random_uuid(),
+                         now(), now() + interval '1 day', 200, gen_random_uuid(), now());"
         ),
     )
     .await;
@@ -142,6 +156,9 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
     assert!(find(&report, "audio_files", "sha256", "does not match").rows[0].starts_with(&altered.to_string()));
     assert!(find(&report, "idempotency_keys", "(scope, method, path, key)", "past their lease").rows[0]
         .contains("dead-request"));
+    assert!(
+        find(&report, "idempotency_keys", "response_row_id", "answer row is missing").rows[0].contains("answer-gone")
+    );
 
     let output = audit_binary(&database_url(&app), &app.data_dir, true);
     assert_eq!(output.status.code(), Some(1), "a finding exits 1: {}", String::from_utf8_lossy(&output.stderr));

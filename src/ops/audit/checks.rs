@@ -26,6 +26,7 @@ const KEY_CONSTRAINTS: &[(&str, &str)] = &[
     ("participations", "participations_token_is_64_hex"),
     ("participation_events", "participation_events_pkey"),
     ("idempotency_keys", "idempotency_keys_pkey"),
+    ("idempotency_answer_rows", "idempotency_answer_rows_pkey"),
     ("import_sources", "import_sources_pkey"),
 ];
 
@@ -182,6 +183,29 @@ pub async fn stuck_idempotency_keys(conn: &mut PgConnection) -> anyhow::Result<V
         "idempotency_keys",
         "(scope, method, path, key)",
         format!("{} unfinished request(s) past their lease: the process running them died", rows.len()),
+        listed.collect(),
+    )])
+}
+
+/// Counter records must find the row their answer is rendered from; no foreign key says so.
+pub async fn records_without_answer(conn: &mut PgConnection) -> anyhow::Result<Vec<Finding>> {
+    let rows = sqlx::query!(
+        r#"SELECT method AS "method!", path AS "path!", key AS "key!", scope AS "scope!",
+                  response_row_id AS "response_row_id!"
+           FROM idempotency_records_without_answer ORDER BY completed_at"#
+    )
+    .fetch_all(conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed = rows
+        .iter()
+        .map(|r| format!("{} {} {:?} scope {:?} (answer row {})", r.method, r.path, r.key, r.scope, r.response_row_id));
+    Ok(vec![finding(
+        "idempotency_keys",
+        "response_row_id",
+        format!("{} counter record(s) whose answer row is missing: their keys answer 409, not a replay", rows.len()),
         listed.collect(),
     )])
 }
