@@ -86,14 +86,8 @@ async fn a_clean_database_passes_every_check_and_the_binary_exits_0() {
     assert_eq!(appended.status(), 201);
     stored_audio(&app, b"RIFF....WAVE", b"RIFF....WAVE").await;
     let participation = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
-    let keyed = app
-        .client
-        .post(app.url(&format!("/api/participations/{participation}/clicks")))
-        .header("idempotency-key", "clean-click")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let clicks = app.url(&format!("/api/participations/{participation}/clicks"));
+    let keyed = app.client.post(clicks).header("idempotency-key", "clean").json(&json!({})).send().await.unwrap();
     assert_eq!(keyed.status(), 200, "a counter record and its answer row");
 
     let report = audit(&app).await;

@@ -173,18 +173,14 @@ pub async fn stuck_idempotency_keys(conn: &mut PgConnection) -> anyhow::Result<V
     )
     .fetch_all(conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let listed = rows
         .iter()
-        .map(|r| format!("{} {} {:?} scope {:?} (lease ended {})", r.method, r.path, r.key, r.scope, r.locked_until));
-    Ok(vec![finding(
-        "idempotency_keys",
+        .map(|r| key_record(&r.method, &r.path, &r.key, &r.scope, format!("lease ended {}", r.locked_until)));
+    Ok(key_records(
         "(scope, method, path, key)",
-        format!("{} unfinished request(s) past their lease: the process running them died", rows.len()),
+        "unfinished request(s) past their lease: the process running them died",
         listed.collect(),
-    )])
+    ))
 }
 
 /// Counter records must find the row their answer is rendered from; no foreign key says so.
@@ -196,18 +192,26 @@ pub async fn records_without_answer(conn: &mut PgConnection) -> anyhow::Result<V
     )
     .fetch_all(conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let listed = rows
         .iter()
-        .map(|r| format!("{} {} {:?} scope {:?} (answer row {})", r.method, r.path, r.key, r.scope, r.response_row_id));
-    Ok(vec![finding(
-        "idempotency_keys",
+        .map(|r| key_record(&r.method, &r.path, &r.key, &r.scope, format!("answer row {}", r.response_row_id)));
+    Ok(key_records(
         "response_row_id",
-        format!("{} counter record(s) whose answer row is missing: their keys answer 409, not a replay", rows.len()),
+        "counter record(s) whose answer row is missing: their keys answer 409, not a replay",
         listed.collect(),
-    )])
+    ))
+}
+
+fn key_record(method: &str, path: &str, key: &str, scope: &str, detail: String) -> String {
+    format!("{method} {path} {key:?} scope {scope:?} ({detail})")
+}
+
+/// One finding on `idempotency_keys` listing `records`, or none when there are none.
+fn key_records(key: &str, problem: &str, records: Vec<String>) -> Vec<Finding> {
+    if records.is_empty() {
+        return Vec::new();
+    }
+    vec![finding("idempotency_keys", key, format!("{} {problem}", records.len()), records)]
 }
 
 pub async fn stored_audio(conn: &mut PgConnection) -> anyhow::Result<Vec<(Uuid, String)>> {
