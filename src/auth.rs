@@ -1,4 +1,8 @@
 //! Bearer tokens (`API_TOKENS`) for everything under /api except the stream overlay.
+//!
+//! [`require_token`] wraps the `/api` scope where the routes are registered
+//! (`startup::routes`); the overlay is registered outside it. Which requests need a token is
+//! therefore the router's decision, made on the path as it routes it, never a test of the URL.
 
 use crate::error::ApiError;
 use crate::idempotency::Scope;
@@ -43,16 +47,12 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn needs_token(path: &str) -> bool {
-    path.starts_with("/api/") && !path.starts_with("/api/overlay/")
-}
-
 pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let tokens = req.app_data::<web::Data<ApiTokens>>().cloned();
-    let Some(tokens) = tokens.filter(|t| t.enabled() && needs_token(req.path())) else {
+    let Some(tokens) = tokens.filter(|t| t.enabled()) else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
     let offered = req

@@ -11,5 +11,5 @@ pub use idempotency_key::IdempotencyKey;
 pub use money::Money;
 pub use participants::{ParticipantId, ParticipantsKey};
 pub use session_id::SessionId;
-pub use text::{check_json_for_nul, optional_text, Patch};
+pub use text::{check_json_storable, optional_text, Patch};
 pub use token::BrowserSourceToken;

@@ -2,11 +2,11 @@
 //! (415), "is it JSON, is it an object, does it fit the types" (400 naming the field), and no
 //! NUL anywhere (422) - in that order, so each mistake gets the code API.md gives it.
 
-use crate::domain::check_json_for_nul;
+use crate::domain::check_json_storable;
 use crate::error::ApiError;
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use bytes::BytesMut;
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
@@ -56,6 +56,23 @@ fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
+/// Longest multipart boundary RFC 2046 allows.
+pub const MAX_BOUNDARY: usize = 70;
+
+/// The boundary of a `multipart/form-data` body, if the request declares one. A longer one
+/// than RFC 2046 allows is a 400 before anything searches a body for it.
+pub fn multipart_boundary(req: &impl HttpMessage) -> Option<Result<String, ApiError>> {
+    let mime = req.mime_type().ok().flatten().filter(|mime| mime.essence_str() == "multipart/form-data")?;
+    let boundary = mime.get_param("boundary")?.as_str().to_owned();
+    Some(match boundary.len() {
+        0 => return None,
+        n if n > MAX_BOUNDARY => Err(ApiError::malformed(format!(
+            "the multipart boundary is {n} characters long; at most {MAX_BOUNDARY} are allowed (RFC 2046)"
+        ))),
+        _ => Ok(boundary),
+    })
+}
+
 pub async fn read_limited(payload: &mut Payload, limit: usize) -> Result<BytesMut, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -78,7 +95,7 @@ pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::malformed("the body must be a JSON object"));
     }
-    check_json_for_nul("body", &value).map_err(|mut e| {
+    check_json_storable("body", &value).map_err(|mut e| {
         e.field = e.field.trim_start_matches("body.").to_owned();
         ApiError::Validation(vec![e])
     })?;

@@ -4,9 +4,9 @@
 //!
 //! A keyed POST goes through three steps, and no database transaction spans the request:
 //!
-//! 1. **Claim** ([`guard`], before the handler runs): one autocommit
+//! 1. **Claim** ([`keys`], the guard each keyed route is wrapped in, before the handler runs): one autocommit
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or expired>` on
-//!    `idempotency_keys`, keyed by (scope, method, path, key), writes our random `claim_id` and a
+//!    `idempotency_keys`, keyed by (scope, method, routed path, key), writes our random `claim_id` and a
 //!    lease (`locked_until`). Claims that arrive together share that statement ([`Claims`]).
 //!    If the row belongs to someone else we answer without running anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
 //!    differs, or - after waiting briefly without holding a connection - 409 while the first
@@ -15,7 +15,7 @@
 //!    transaction, and [`Writer::finish`] stores the response bytes into the claimed row *in
 //!    that same transaction* before committing, fenced by `claim_id`. A crash before the commit
 //!    loses both; after it, both are durable. The two cannot be separated.
-//! 3. **Everything else** ([`guard`], after the handler): a response that never reached a
+//! 3. **Everything else** ([`keys`], after the handler): a response that never reached a
 //!    Writer (a validation error, say) is stored if below 500; a 5xx deletes the claim so a
 //!    retry runs again.
 //!
@@ -38,7 +38,7 @@ mod writer;
 
 pub use claims::Claims;
 pub use guard::held_elsewhere;
-pub use guard::{guard, Scope};
+pub use guard::{keys, Keys, Scope};
 pub use store::{held_keys, purge_expired, ClaimColumns, StoredResponse};
 pub use writer::{WriteConn, Writer};
 

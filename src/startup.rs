@@ -8,7 +8,7 @@ use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonLimit;
-use crate::idempotency::{self, IdempotencyConfig};
+use crate::idempotency::{self, IdempotencyConfig, Keys};
 use crate::ops::{health, metrics};
 use crate::participations::routes as participations;
 use crate::telemetry;
@@ -82,8 +82,6 @@ impl Application {
             let state = web::Data::new(AppState { pool: worker_pool(&shared.pool, workers), ..shared.clone() });
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
-                .wrap(from_fn(idempotency::guard))
-                .wrap(from_fn(auth::require_token))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state)
                 .app_data(json_limit)
@@ -148,41 +146,60 @@ fn at(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) }))
 }
 
-/// Declares every route once: registers it and lists it in [`ROUTES`], which a test compares
-/// with the OpenAPI document so the two cannot drift apart.
+/// Declares every route once: registers it with its policies and lists it in [`ROUTES`],
+/// which a test compares with the OpenAPI document so the two cannot drift apart.
+///
+/// Policies are bound here, to what the router matched, never to the URL as a string: the
+/// routes under `api` sit in one scope wrapped in bearer auth (the public ones, the overlay
+/// among them, are registered before it and outside it), and a route that takes
+/// `Idempotency-Key`s names how, `post[Keys::JSON] handler`, and is wrapped in the guard.
 macro_rules! route_table {
-    ($($path:literal => [$($method:ident $handler:path),+ $(,)?]),* $(,)?) => {
+    (
+        public { $($path:literal => [$($method:ident $handler:path),+ $(,)?]),* $(,)? }
+        api $scope:literal { $($api:literal => [$($verb:ident $([$keys:expr])? $action:path),+ $(,)?]),* $(,)? }
+    ) => {
         /// Every (method, path) the service answers.
-        pub const ROUTES: &[(&str, &str)] = &[$($((stringify!($method), $path)),+),*];
+        pub const ROUTES: &[(&str, &str)] = &[
+            $($((stringify!($method), $path),)+)*
+            $($((stringify!($verb), concat!($scope, $api)),)+)*
+        ];
 
         fn routes(cfg: &mut web::ServiceConfig) {
             $(cfg.service(at($path)$(.route(web::$method().to($handler)))+);)*
+            let api = web::scope($scope).wrap(from_fn(auth::require_token));
+            $(let api = api.service(at($api)$(.route(web::$verb().to($action)$(.wrap(idempotency::keys($keys)))?))+);)*
+            cfg.service(api);
         }
     };
 }
 
 route_table! {
-    "/healthz" => [get health::healthz],
-    "/readyz" => [get health::readyz],
-    "/metrics" => [get metrics::render],
-    "/api/conversations" => [post conversations::create, get conversations::list],
-    "/api/conversations/{session_id}" => [get conversations::get],
-    "/api/conversations/{session_id}/messages" => [post conversations::append_messages, get conversations::list_messages],
-    "/api/save-analysis" => [post conversations::save_analysis],
-    "/api/upload-audio" => [post conversations::upload_audio],
-    "/api/audio/{id}" => [get conversations::get_audio],
-    "/api/chats" => [post chats::create, get chats::list],
-    "/api/chats/{id}" => [get chats::get],
-    "/api/participations" => [post participations::create],
-    "/api/participations/{id}" => [get participations::get],
-    "/api/participations/{id}/impressions" => [post participations::impressions],
-    "/api/participations/{id}/clicks" => [post participations::clicks],
-    "/api/participations/{id}/viewer-samples" => [post participations::viewer_samples],
-    "/api/participations/{id}/earnings" => [post participations::earnings],
-    "/api/participations/{id}/qr-code" => [post participations::make_qr_code],
-    "/api/participations/{id}/qr-code.png" => [get participations::qr_code_png],
-    "/api/participations/{id}/chat-command" => [post participations::chat_command],
-    "/api/overlay/{token}" => [get participations::overlay],
+    public {
+        "/healthz" => [get health::healthz],
+        "/readyz" => [get health::readyz],
+        "/metrics" => [get metrics::render],
+        // What a stream overlay loads: it holds only its token, never an API token.
+        "/api/overlay/{token}" => [get participations::overlay],
+    }
+    api "/api" {
+        "/conversations" => [post[Keys::JSON] conversations::create, get conversations::list],
+        "/conversations/{session_id}" => [get conversations::get],
+        "/conversations/{session_id}/messages" => [post[Keys::JSON] conversations::append_messages, get conversations::list_messages],
+        "/save-analysis" => [post[Keys::JSON] conversations::save_analysis],
+        "/upload-audio" => [post[Keys::MULTIPART] conversations::upload_audio],
+        "/audio/{id}" => [get conversations::get_audio],
+        "/chats" => [post[Keys::JSON] chats::create, get chats::list],
+        "/chats/{id}" => [get chats::get],
+        "/participations" => [post[Keys::JSON] participations::create],
+        "/participations/{id}" => [get participations::get],
+        "/participations/{id}/impressions" => [post[Keys::IN_STATEMENT] participations::impressions],
+        "/participations/{id}/clicks" => [post[Keys::IN_STATEMENT] participations::clicks],
+        "/participations/{id}/viewer-samples" => [post[Keys::IN_STATEMENT] participations::viewer_samples],
+        "/participations/{id}/earnings" => [post[Keys::IN_STATEMENT] participations::earnings],
+        "/participations/{id}/qr-code" => [post[Keys::JSON] participations::make_qr_code],
+        "/participations/{id}/qr-code.png" => [get participations::qr_code_png],
+        "/participations/{id}/chat-command" => [post[Keys::JSON] participations::chat_command],
+    }
 }
 
 /// The OpenAPI document and its docs page; the page's assets are compiled into the binary.

@@ -118,47 +118,99 @@ pub fn analyse(path: &Path, format: AudioFormat, bytes: u64) -> Value {
     }
 }
 
+/// One pass over the samples, in constant memory: running sums for the whole file and for
+/// the current 20 ms frame, never the samples themselves (a 25 MiB upload would otherwise
+/// hold 8 bytes per sample).
 fn analyse_wav(path: &Path) -> Result<Value, hound::Error> {
     let mut reader = hound::WavReader::open(path)?;
     let spec = reader.spec();
-    let samples: Vec<f64> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().map(|s| s.map(f64::from)).collect::<Result<_, _>>()?,
+    let channels = usize::from(spec.channels.max(1));
+    let mut levels = Levels::new(((spec.sample_rate as usize) / 50).max(1) * channels);
+    match spec.sample_format {
+        hound::SampleFormat::Float => {
+            for sample in reader.samples::<f32>() {
+                levels.add(f64::from(sample?), 1.0);
+            }
+        }
         hound::SampleFormat::Int => {
             let full_scale = (1_i64 << (spec.bits_per_sample - 1)) as f64;
-            reader.samples::<i32>().map(|s| s.map(|v| v as f64 / full_scale)).collect::<Result<_, _>>()?
+            // The largest integer value is one step short of full scale: count it as clipped too.
+            let clip_level = 1.0 - 1.0 / full_scale;
+            for sample in reader.samples::<i32>() {
+                levels.add(f64::from(sample?) / full_scale, clip_level);
+            }
         }
-    };
-    let channels = usize::from(spec.channels.max(1));
-    let frames = samples.len() / channels;
-    let frame_len = ((spec.sample_rate as usize) / 50).max(1) * channels;
-    let chunks = samples.chunks(frame_len);
-    let chunk_count = chunks.len();
-    let silent_chunks = chunks.filter(|chunk| dbfs(rms(chunk)).is_none_or(|db| db < SILENCE_DBFS)).count();
-    // The largest integer value is one step short of full scale: count it as clipped too.
-    let clip_level = match spec.sample_format {
-        hound::SampleFormat::Float => 1.0,
-        hound::SampleFormat::Int => 1.0 - 1.0 / (1_i64 << (spec.bits_per_sample - 1)) as f64,
-    };
-    let peak = samples.iter().fold(0.0_f64, |m, s| m.max(s.abs()));
+    }
+    let frames = levels.samples / channels as u64;
+    let chunks = levels.frames + u64::from(levels.frame_samples > 0);
+    let silent = levels.silent_frames + u64::from(levels.frame_samples > 0 && levels.frame_is_silent());
     Ok(json!({
         "format": "wav",
         "decoded": true,
         "sample_rate": spec.sample_rate,
         "channels": spec.channels,
         "bits_per_sample": spec.bits_per_sample,
-        "duration_ms": (frames as u64 * 1000) / u64::from(spec.sample_rate.max(1)),
-        "rms_dbfs": dbfs(rms(&samples)),
-        "peak_dbfs": dbfs(peak),
-        "silence_ratio": if chunk_count == 0 { 1.0 } else { silent_chunks as f64 / chunk_count as f64 },
-        "clipped_samples": samples.iter().filter(|s| s.abs() >= clip_level).count(),
+        "duration_ms": (frames * 1000) / u64::from(spec.sample_rate.max(1)),
+        "rms_dbfs": dbfs(rms(levels.squares, levels.samples)),
+        "peak_dbfs": dbfs(levels.peak),
+        "silence_ratio": if chunks == 0 { 1.0 } else { silent as f64 / chunks as f64 },
+        "clipped_samples": levels.clipped,
     }))
 }
 
-fn rms(samples: &[f64]) -> f64 {
-    if samples.is_empty() {
+/// Running figures of a stream of samples scaled to full scale 1.0.
+struct Levels {
+    frame_len: usize,
+    samples: u64,
+    squares: f64,
+    peak: f64,
+    clipped: u64,
+    frames: u64,
+    silent_frames: u64,
+    frame_samples: usize,
+    frame_squares: f64,
+}
+
+impl Levels {
+    fn new(frame_len: usize) -> Self {
+        Self {
+            frame_len,
+            samples: 0,
+            squares: 0.0,
+            peak: 0.0,
+            clipped: 0,
+            frames: 0,
+            silent_frames: 0,
+            frame_samples: 0,
+            frame_squares: 0.0,
+        }
+    }
+
+    fn add(&mut self, sample: f64, clip_level: f64) {
+        let square = sample * sample;
+        self.samples += 1;
+        self.squares += square;
+        self.peak = self.peak.max(sample.abs());
+        self.clipped += u64::from(sample.abs() >= clip_level);
+        self.frame_samples += 1;
+        self.frame_squares += square;
+        if self.frame_samples == self.frame_len {
+            self.frames += 1;
+            self.silent_frames += u64::from(self.frame_is_silent());
+            (self.frame_samples, self.frame_squares) = (0, 0.0);
+        }
+    }
+
+    fn frame_is_silent(&self) -> bool {
+        dbfs(rms(self.frame_squares, self.frame_samples as u64)).is_none_or(|db| db < SILENCE_DBFS)
+    }
+}
+
+fn rms(squares: f64, count: u64) -> f64 {
+    if count == 0 {
         return 0.0;
     }
-    (samples.iter().map(|s| s * s).sum::<f64>() / samples.len() as f64).sqrt()
+    (squares / count as f64).sqrt()
 }
 
 /// Level in dBFS, rounded to 0.01 dB; `None` (JSON null) for digital silence, which has none.

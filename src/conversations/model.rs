@@ -1,6 +1,6 @@
 //! The conversation resources as API.md §3 spells them, and the requests that write them.
 
-use crate::domain::{check_json_for_nul, optional_text, Patch, SessionId};
+use crate::domain::{check_json_storable, optional_text, Patch, SessionId};
 use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -222,7 +222,7 @@ pub fn parse_if_match(raw: Option<&str>) -> Result<Option<Expected>, ApiError> {
 
 pub fn check_analysis(errors: &mut Vec<FieldError>, analysis: Option<&Value>) {
     match analysis {
-        Some(value @ Value::Object(_)) => errors.extend(check_json_for_nul("analysis", value).err()),
+        Some(value @ Value::Object(_)) => errors.extend(check_json_storable("analysis", value).err()),
         Some(_) => errors.push(FieldError::new("analysis", "must be a JSON object or null")),
         None => {}
     }

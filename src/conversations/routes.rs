@@ -12,7 +12,6 @@ use crate::idempotency::Writer;
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
 use crate::startup::AppState;
-use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
@@ -78,7 +77,13 @@ pub async fn save_analysis(
 /// Stores and analyses the audio, transcribes it when STT is configured, then performs the
 /// same upsert as save-analysis. The slow part runs before a database connection is taken.
 #[utoipa::path(post, path = "/api/upload-audio", tag = "conversations", request_body(content_type = "multipart/form-data", description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, analysis (JSON)"), params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem), (status = 415, body = Problem)))]
-pub async fn upload_audio(state: web::Data<AppState>, writer: Writer, form: Multipart) -> ApiResult<HttpResponse> {
+pub async fn upload_audio(
+    state: web::Data<AppState>,
+    writer: Writer,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let form = upload::form(&req, payload, state.max_upload_bytes)?;
     let upload = upload::receive(form, &state.audio, state.max_upload_bytes).await?;
     let received = upload.audio;
     let (sha256, format, bytes) = (received.sha256.clone(), received.format, received.bytes);

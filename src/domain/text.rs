@@ -51,22 +51,54 @@ pub fn optional_text(field: &str, value: Option<&str>, max_chars: usize) -> Resu
     Ok(())
 }
 
-/// `jsonb` rejects `\u0000` anywhere, keys included; find it before the database does.
-pub fn check_json_for_nul(field: &str, value: &Value) -> Result<(), FieldError> {
-    let bad = |path: String| Err(FieldError::new(path, "must not contain NUL characters"));
+/// Refuses what `jsonb` cannot store, before the database does (where it would fail the
+/// statement, and with it every write coalesced into it): `\u0000` anywhere, keys included, and
+/// numbers outside PostgreSQL's `numeric`.
+pub fn check_json_storable(field: &str, value: &Value) -> Result<(), FieldError> {
     match value {
-        Value::String(s) if s.contains('\0') => bad(field.to_owned()),
+        Value::String(s) if s.contains('\0') => Err(FieldError::new(field, "must not contain NUL characters")),
+        Value::Number(n) if !storable_number(&n.to_string()) => {
+            Err(FieldError::new(field, "is a number out of the range the database stores"))
+        }
         Value::Array(items) => {
-            items.iter().enumerate().try_for_each(|(i, item)| check_json_for_nul(&format!("{field}[{i}]"), item))
+            items.iter().enumerate().try_for_each(|(i, item)| check_json_storable(&format!("{field}[{i}]"), item))
         }
         Value::Object(map) => map.iter().try_for_each(|(key, item)| {
             if key.contains('\0') {
-                return bad(field.to_owned());
+                return Err(FieldError::new(field, "must not contain NUL characters"));
             }
-            check_json_for_nul(&format!("{field}.{key}"), item)
+            check_json_storable(&format!("{field}.{key}"), item)
         }),
         _ => Ok(()),
     }
+}
+
+/// PostgreSQL's `numeric` holds at most 131072 digits before the decimal point and 16383
+/// after it. `text` is a JSON number as written (the crate keeps its digits), so `1e999999`
+/// is judged by its exponent, never expanded.
+fn storable_number(text: &str) -> bool {
+    const MAX_WEIGHT: i64 = 131_072;
+    const MAX_SCALE: i64 = 16_383;
+    let unsigned = text.trim_start_matches('-');
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+        None => (unsigned, "0"),
+    };
+    // An exponent too long for i64 is out of range whatever it says.
+    let Ok(exponent) = exponent.trim_start_matches('+').parse::<i64>() else { return false };
+    if exponent.abs() > 1_000_000_000 {
+        return false;
+    }
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let scale = frac.len() as i64 - exponent;
+    let int = int.trim_start_matches('0');
+    let weight = if !int.is_empty() {
+        int.len() as i64 + exponent
+    } else {
+        // Below one: the first significant digit sits after the point's leading zeros.
+        exponent - frac.len().saturating_sub(frac.trim_start_matches('0').len()) as i64
+    };
+    scale <= MAX_SCALE && weight <= MAX_WEIGHT
 }
 
 #[cfg(test)]
@@ -92,8 +124,20 @@ mod tests {
 
     #[test]
     fn nul_is_found_deep_inside_json() {
-        let err = check_json_for_nul("analysis", &json!({"a": [1, {"b": "x\u{0}"}]})).unwrap_err();
+        let err = check_json_storable("analysis", &json!({"a": [1, {"b": "x\u{0}"}]})).unwrap_err();
         assert_eq!(err.field, "analysis.a[1].b");
-        assert!(check_json_for_nul("analysis", &json!({"a": "fine"})).is_ok());
+        assert!(check_json_storable("analysis", &json!({"a": "fine"})).is_ok());
+    }
+
+    #[test]
+    fn numbers_numeric_cannot_hold_are_found_by_their_exponent() {
+        for bad in ["1e999999", "-1E131073", "1e-16384", "0.5e-16383", "1e99999999999999999999"] {
+            let value: Value = serde_json::from_str(&format!(r#"{{"x": [{bad}]}}"#)).unwrap();
+            assert_eq!(check_json_storable("analysis", &value).unwrap_err().field, "analysis.x[0]", "{bad}");
+        }
+        for good in ["0", "-12.5", "1e131071", "1e-16383", "123456789012345678901234567890", "0.000e5"] {
+            let value: Value = serde_json::from_str(good).unwrap();
+            assert!(check_json_storable("n", &value).is_ok(), "{good}");
+        }
     }
 }

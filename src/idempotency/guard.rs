@@ -1,17 +1,24 @@
 //! The middleware that claims keys before handlers run and settles them afterwards.
+//!
+//! It is attached to each route that takes keys where the route is registered
+//! ([`keys`], in `startup::routes`), with that route's [`Keys`] policy: which routes take keys
+//! and how is decided by the router, never by reading the URL. The key's scope is the routed
+//! path (see [`routed_target`]), so every spelling of a URL that reaches one route with one set
+//! of parameters shares one key.
 
 use super::store::{self, Claimed, StoredResponse};
 use super::Claim;
 use crate::domain::IdempotencyKey;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::read_limited;
+use crate::extract::JsonLimit;
+use crate::extract::{multipart_boundary, read_limited};
 use crate::reply::Reply;
 use crate::startup::AppState;
-use actix_web::body::{self, BoxBody, MessageBody};
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::body::{self, BoxBody};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::HeaderName;
-use actix_web::http::{Method, StatusCode};
-use actix_web::middleware::Next;
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -24,38 +31,79 @@ const WAIT_FOR_FIRST: Duration = Duration::from_secs(2);
 /// Response headers a replay repeats; the rest (date, length) belong to the transport.
 const REPLAYED_HEADERS: [&str; 5] = ["content-type", "location", "etag", "upsert-outcome", "retry-after"];
 
+/// Longest routed path stored as it is; a longer one (no valid target is near it) is stored as
+/// its digest, so a claim's index row has a bounded size whatever a client sends.
+const MAX_STORED_PATH: usize = 512;
+
+/// How a route takes `Idempotency-Key`s: declared where the route is registered.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    /// The route's statement claims the key itself, with its effect (the coalesced counters),
+    /// instead of the guard claiming it before the handler runs.
+    pub claimed_in_statement: bool,
+    /// A multipart body (upload-audio): the larger limit, and the boundary is not fingerprinted.
+    pub multipart: bool,
+}
+
+impl Keys {
+    /// A JSON write whose key is claimed before its handler runs.
+    pub const JSON: Keys = Keys { claimed_in_statement: false, multipart: false };
+    /// A multipart upload, claimed before its handler runs.
+    pub const MULTIPART: Keys = Keys { claimed_in_statement: false, multipart: true };
+    /// A coalesced counter write, whose batch statement records the key.
+    pub const IN_STATEMENT: Keys = Keys { claimed_in_statement: true, multipart: false };
+}
+
+/// The guard as a route's middleware (`web::post().to(handler).wrap(keys(Keys::JSON))`).
+pub fn keys<S>(
+    policy: Keys,
+) -> impl Transform<S, ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error, InitError = ()>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> + 'static,
+{
+    from_fn(move |req: ServiceRequest, next: Next<BoxBody>| guard(policy, req, next))
+}
+
 fn problem(req: ServiceRequest, error: ApiError) -> ServiceResponse<BoxBody> {
     req.into_response(error.error_response())
 }
 
-pub async fn guard(
+async fn guard(
+    policy: Keys,
     mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
+    next: Next<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let keyed_write = req.method() == Method::POST && req.path().starts_with("/api/");
-    let Some(raw_key) = req.headers().get(HEADER).filter(|_| keyed_write).cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    let Some(raw_key) = req.headers().get(HEADER).cloned() else {
+        return next.call(req).await;
     };
     let key = match IdempotencyKey::parse(raw_key.as_bytes()) {
         Ok(key) => key,
         Err(why) => return Ok(problem(req, ApiError::InvalidIdempotencyKey(why.into()))),
     };
     let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone();
-    // Multipart uploads are the largest bodies a POST may carry.
-    let limit = state.max_upload_bytes as usize + 1024 * 1024;
+    let boundary = match policy.multipart.then(|| multipart_boundary(&req)).flatten() {
+        Some(Err(error)) => return Ok(problem(req, error)),
+        boundary => boundary.and_then(Result::ok),
+    };
+    let limit = match policy.multipart {
+        // The parts' headers and boundaries come on top of the audio itself.
+        true => state.max_upload_bytes as usize + 1024 * 1024,
+        false => req.app_data::<JsonLimit>().map_or(crate::extract::DEFAULT_JSON_LIMIT, |l| l.0),
+    };
     let body = match read_limited(&mut req.take_payload(), limit).await {
         Ok(body) => body.freeze(),
         Err(error) => return Ok(problem(req, error)),
     };
-    let fingerprint = fingerprint(&req, &body);
+    let target = routed_target(&req);
+    let fingerprint = fingerprint(req.method().as_str(), &target, boundary.as_deref(), &body);
     req.set_payload(Payload::from(body));
     let claim = Claim {
         scope: req.extensions().get::<Scope>().map(|s| s.0.clone()).unwrap_or_default(),
         key: key.as_str().to_owned(),
         method: req.method().to_string(),
-        path: req.path().to_owned(),
+        path: target,
         claim_id: uuid::Uuid::new_v4(),
-        deferred: crate::participations::routes::claims_in_batch(req.path()),
+        deferred: policy.claimed_in_statement,
         fingerprint,
         completed: Default::default(),
     };
@@ -67,7 +115,7 @@ pub async fn guard(
         }
     }
     req.extensions_mut().insert(claim.clone());
-    let response = next.call(req).await?.map_into_boxed_body();
+    let response = next.call(req).await?;
     settle(&state, &claim, response).await
 }
 
@@ -75,38 +123,42 @@ pub async fn guard(
 #[derive(Debug, Clone)]
 pub struct Scope(pub String);
 
-/// Method, path and body. A multipart body's boundary is chosen afresh by most clients on
-/// every attempt, so it is replaced by a fixed token before hashing: a retried upload of the
-/// same parts matches its original.
-fn fingerprint(req: &ServiceRequest, body: &[u8]) -> Vec<u8> {
+/// The path the router matched, as the router reads it: percent-decoded except `%`, `/` and
+/// `+`, which it keeps encoded so that a `%2F` inside a parameter stays inside it. Two
+/// spellings that reach one route with one set of parameters read the same here. A path too
+/// long or holding a control character (a decoded `%00`, which PostgreSQL's text refuses) is
+/// stored as its digest: it matches no valid resource, and its claim must not fail for it.
+fn routed_target(req: &ServiceRequest) -> String {
+    let routed = req.match_info().as_str();
+    if routed.len() <= MAX_STORED_PATH && !routed.contains(char::is_control) {
+        routed.to_owned()
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(routed.as_bytes())))
+    }
+}
+
+/// Method, routed path and body. A multipart body's boundary is chosen afresh by most clients
+/// on every attempt, so it is replaced by a fixed token before hashing: a retried upload of the
+/// same parts matches its original. The search is linear in the body (`memmem`).
+fn fingerprint(method: &str, target: &str, boundary: Option<&str>, body: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    hasher.update(req.method().as_str());
+    hasher.update(method);
     hasher.update(b"\n");
-    hasher.update(req.path());
+    hasher.update(target);
     hasher.update(b"\n");
-    let boundary = req
-        .mime_type()
-        .ok()
-        .flatten()
-        .filter(|mime| mime.essence_str() == "multipart/form-data")
-        .and_then(|mime| mime.get_param("boundary").map(|b| b.as_str().to_owned()));
-    match boundary.filter(|b| !b.is_empty()) {
+    match boundary {
         Some(boundary) => {
-            let mut rest = body;
-            while let Some(at) = find(rest, boundary.as_bytes()) {
-                hasher.update(&rest[..at]);
+            let mut from = 0;
+            for at in memchr::memmem::find_iter(body, boundary.as_bytes()) {
+                hasher.update(&body[from..at]);
                 hasher.update(b"<boundary>");
-                rest = &rest[at + boundary.len()..];
+                from = at + boundary.len();
             }
-            hasher.update(rest);
+            hasher.update(&body[from..]);
         }
         None => hasher.update(body),
     }
     hasher.finalize().to_vec()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 /// Claims the key, waiting up to [`WAIT_FOR_FIRST`] (between short polls that each borrow a

@@ -37,14 +37,6 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     Ok(HttpResponse::Ok().json(participation))
 }
 
-/// The counter routes (`/api/participations/{id}/<counter>`), whose batches claim their
-/// idempotency keys themselves, in the statement of the effect.
-pub fn claims_in_batch(path: &str) -> bool {
-    const COUNTERS: [&str; 4] = ["impressions", "clicks", "viewer-samples", "earnings"];
-    let mut parts = path.strip_prefix("/api/participations/").unwrap_or("").split('/');
-    matches!((parts.next(), parts.next(), parts.next()), (Some(id), Some(counter), None) if !id.is_empty() && COUNTERS.contains(&counter))
-}
-
 /// Counter writes go through the batcher, which coalesces concurrent writes to one row.
 async fn record(
     state: web::Data<AppState>,

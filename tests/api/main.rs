@@ -12,4 +12,5 @@ mod import;
 mod messages;
 mod operations;
 mod participations;
+mod spellings;
 mod upload;

@@ -6,7 +6,7 @@
 
 use super::{extjson, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary};
 use crate::conversations::model::{MAX_LANGUAGE_CHARS, MAX_USER_ID_CHARS};
-use crate::domain::{check_json_for_nul, optional_text, SessionId};
+use crate::domain::{check_json_storable, optional_text, SessionId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -71,7 +71,7 @@ fn text(doc: &Value, name: &str, max_chars: usize) -> Result<Option<String>, Str
 
 fn json(doc: &Value, name: &str) -> Result<Option<Value>, String> {
     let Some(value) = extjson::field(doc, name).map(extjson::plain) else { return Ok(None) };
-    check_json_for_nul(name, &value).map_err(|e| format!("{}: {}", e.field, e.message))?;
+    check_json_storable(name, &value).map_err(|e| format!("{}: {}", e.field, e.message))?;
     Ok(Some(value))
 }
 
