@@ -121,6 +121,11 @@ pub struct Settings {
     #[arg(long, env = "API_TOKENS", global = true, hide_env_values = true)]
     pub api_tokens: Option<String>,
 
+    /// Comma-separated exact origins (https://app.example.com) whose web pages may call /api.
+    /// Without API_TOKENS, writes that carry any other foreign Origin are refused (403).
+    #[arg(long, env = "CORS_ORIGINS", global = true)]
+    pub cors_origins: Option<String>,
+
     /// Allow a non-loopback --bind without API_TOKENS (anyone who can reach it can write).
     #[arg(long, env = "ALLOW_UNAUTHENTICATED", global = true)]
     pub allow_unauthenticated: bool,

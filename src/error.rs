@@ -35,6 +35,8 @@ pub enum ApiError {
     InvalidIdempotencyKey(String),
     #[error("unauthorized")]
     Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::Malformed { .. } => "malformed_request",
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::IdempotencyKeyInFlight { .. } => "idempotency_key_in_flight",
@@ -115,6 +118,7 @@ impl ApiError {
             ApiError::Malformed { detail, .. } => detail.clone(),
             ApiError::InvalidIdempotencyKey(why) => format!("Idempotency-Key {why}"),
             ApiError::Unauthorized => "send Authorization: Bearer <token>".into(),
+            ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound(what) => what.clone(),
             ApiError::MethodNotAllowed => "this route does not accept that method".into(),
             ApiError::IdempotencyKeyInFlight { .. } => {
@@ -147,6 +151,12 @@ impl ApiError {
         }
     }
 }
+
+/// Marks a response (in its extensions) that tells nothing about the request itself: a
+/// concurrent write got in the way (a deadlock, a serialization failure) and a retry may well
+/// succeed. Such an answer is never stored as an idempotency key's answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Transient;
 
 /// An RFC 9457 problem document: every 4xx and 5xx answer has this shape.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -183,6 +193,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Malformed { .. } | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyInFlight { .. } | ApiError::VersionMismatch(_) | ApiError::Conflict => {
@@ -210,6 +221,9 @@ impl ResponseError for ApiError {
         };
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Conflict) {
+            response.extensions_mut().insert(Transient);
         }
         response
     }
@@ -268,6 +282,7 @@ fn code_for_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "malformed_request",
         401 => "unauthorized",
+        403 => "forbidden",
         404 => "not_found",
         405 => "method_not_allowed",
         413 => "payload_too_large",

@@ -16,8 +16,21 @@ use serde_json::Value;
 /// Default JSON body limit; `--max-json-bytes` changes it through [`JsonLimit`] app data.
 pub const DEFAULT_JSON_LIMIT: usize = 64 * 1024;
 
+/// How JSON bodies are read, registered as app data.
 #[derive(Debug, Clone, Copy)]
-pub struct JsonLimit(pub usize);
+pub struct JsonConfig {
+    pub limit: usize,
+    /// A body without `Content-Type` is refused (415). Set when there are no API tokens: a web
+    /// page on any site may POST a bare body without a preflight, and only a declared JSON
+    /// type makes its browser ask first.
+    pub require_content_type: bool,
+}
+
+impl Default for JsonConfig {
+    fn default() -> Self {
+        Self { limit: DEFAULT_JSON_LIMIT, require_content_type: false }
+    }
+}
 
 pub struct JsonBody<T>(pub T);
 
@@ -26,16 +39,21 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<JsonLimit>().map_or(DEFAULT_JSON_LIMIT, |l| l.0);
+        let config = req.app_data::<JsonConfig>().copied().unwrap_or_default();
+        let limit = config.limit;
         let content_type = check_json_content_type(req);
         let declared = declared_length(req);
         let mut payload = payload.take();
         Box::pin(async move {
-            content_type?;
+            let declared_json = content_type?;
             if declared.is_some_and(|len| len > limit) {
                 return Err(ApiError::PayloadTooLarge { limit: limit as u64 });
             }
             let body = read_limited(&mut payload, limit).await?;
+            // An empty body says nothing to interpret, and the legacy `curl -X POST` sends one.
+            if config.require_content_type && !declared_json && !body.is_empty() {
+                return Err(ApiError::UnsupportedMediaType("send the body with Content-Type: application/json".into()));
+            }
             parse_object(&body).map(JsonBody)
         })
     }
@@ -45,12 +63,13 @@ fn declared_length(req: &HttpRequest) -> Option<usize> {
     req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// A missing Content-Type is accepted (legacy clients omit it); a different one is not.
-fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(value) = req.headers().get(header::CONTENT_TYPE) else { return Ok(()) };
+/// A JSON Content-Type is `Ok(true)`, a missing one `Ok(false)` (legacy clients omit it; see
+/// [`JsonConfig::require_content_type`]), any other a 415.
+fn check_json_content_type(req: &HttpRequest) -> Result<bool, ApiError> {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else { return Ok(false) };
     let essence = value.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
+        Ok(true)
     } else {
         Err(ApiError::UnsupportedMediaType(format!("send the body as application/json, not {essence:?}")))
     }

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod local_only;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;

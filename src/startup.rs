@@ -7,8 +7,9 @@ use crate::conversations::audio::AudioStore;
 use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
-use crate::extract::JsonLimit;
+use crate::extract::JsonConfig;
 use crate::idempotency::{self, IdempotencyConfig, Keys};
+use crate::local_only::{self, LocalOnly};
 use crate::ops::{health, metrics};
 use crate::participations::routes as participations;
 use crate::telemetry;
@@ -75,17 +76,32 @@ impl Application {
             claims: Default::default(),
         };
         let workers = settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let json_limit = JsonLimit(settings.max_json_bytes);
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
+        let json = JsonConfig { limit: settings.max_json_bytes, require_content_type: !tokens.enabled() };
+        // Without tokens, requests must name this server and writes come from no foreign page.
+        let local_only = (!tokens.enabled()).then(|| {
+            web::Data::new(LocalOnly::new(
+                address,
+                settings.public_base_url.as_deref(),
+                settings.cors_origins.as_deref(),
+            ))
+        });
         metrics::handle();
         let server = HttpServer::new(move || {
             let state = web::Data::new(AppState { pool: worker_pool(&shared.pool, workers), ..shared.clone() });
+            let local_only = local_only.clone();
             App::new()
+                .wrap(from_fn(local_only::refuse_foreign))
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state)
-                .app_data(json_limit)
+                .app_data(json)
                 .app_data(tokens.clone())
+                .configure(move |cfg| {
+                    if let Some(local_only) = local_only {
+                        cfg.app_data(local_only);
+                    }
+                })
                 .configure(routes)
                 .configure(docs)
                 .default_service(web::to(|| async {

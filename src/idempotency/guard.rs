@@ -9,8 +9,8 @@
 use super::store::{self, Claimed, StoredResponse};
 use super::Claim;
 use crate::domain::IdempotencyKey;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::JsonLimit;
+use crate::error::{ApiError, ApiResult, Transient};
+use crate::extract::JsonConfig;
 use crate::extract::{multipart_boundary, read_limited};
 use crate::reply::Reply;
 use crate::startup::AppState;
@@ -88,7 +88,7 @@ async fn guard(
     let limit = match policy.multipart {
         // The parts' headers and boundaries come on top of the audio itself.
         true => state.max_upload_bytes as usize + 1024 * 1024,
-        false => req.app_data::<JsonLimit>().map_or(crate::extract::DEFAULT_JSON_LIMIT, |l| l.0),
+        false => req.app_data::<JsonConfig>().copied().unwrap_or_default().limit,
     };
     let body = match read_limited(&mut req.take_payload(), limit).await {
         Ok(body) => body.freeze(),
@@ -208,7 +208,8 @@ pub async fn held_elsewhere(pool: &PgPool, claim: &Claim) -> ApiResult<Reply> {
     held(store::inspect(pool, claim).await?).unwrap_or(Err(ApiError::Conflict))
 }
 
-/// Stores an answer the handler did not store itself (below 500), or gives the key back (5xx).
+/// Stores an answer the handler did not store itself (below 500), or gives the key back (5xx,
+/// or a [`Transient`] conflict).
 async fn settle(
     state: &AppState,
     claim: &Claim,
@@ -217,7 +218,8 @@ async fn settle(
     if claim.is_completed() {
         return Ok(response);
     }
-    if response.status().is_server_error() {
+    // A 5xx or a transient conflict says nothing about the request: the retry runs it again.
+    if response.status().is_server_error() || response.response().extensions().contains::<Transient>() {
         if claim.deferred {
             return Ok(response);
         }

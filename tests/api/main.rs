@@ -7,6 +7,7 @@ mod cluster;
 mod conversations;
 mod errors;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod import;
 mod messages;

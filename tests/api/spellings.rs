@@ -28,11 +28,15 @@ impl Raw {
     }
 }
 
-/// Sends one HTTP/1.1 request exactly as written (`Connection: close`) and reads the answer.
+/// Sends one HTTP/1.1 request exactly as written (`Connection: close`; `Host` is the server's
+/// unless `headers` has one) and reads the answer.
 pub async fn raw(app: &TestApp, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
     let address = app.address.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.expect("the server accepts");
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
