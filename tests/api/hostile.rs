@@ -195,8 +195,7 @@ async fn without_tokens_web_pages_of_other_sites_cannot_write_or_read() {
     // What the server's own clients send still works.
     let listed = raw(&app, "POST", "/api/save-analysis", &[JSON, ("origin", "https://app.example.com")], body).await;
     assert_eq!(listed.status, 201, "{listed:?}");
-    let own_origin = format!("{}", app.address);
-    let own = raw(&app, "POST", "/api/save-analysis", &[JSON, ("origin", &own_origin)], body).await;
+    let own = raw(&app, "POST", "/api/save-analysis", &[JSON, ("origin", app.address.as_str())], body).await;
     assert_eq!(own.status, 200, "{own:?}");
     let empty = raw(&app, "POST", "/api/conversations", &[], b"").await;
     assert_eq!(empty.status, 201, "an empty body needs no Content-Type: {empty:?}");
