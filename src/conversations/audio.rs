@@ -65,9 +65,13 @@ pub struct AudioStore {
 }
 
 impl AudioStore {
+    /// The folder is private (mode 0700): recordings are personal data, and no other local
+    /// user has a reason to read them.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let root = data_dir.join("audio");
         std::fs::create_dir_all(root.join("incoming"))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self { root })
     }
 

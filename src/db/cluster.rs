@@ -11,7 +11,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -36,6 +37,14 @@ pub enum Durability {
 pub struct Cluster {
     pgdata: PathBuf,
     socket_dir: PathBuf,
+    /// `socket_dir` is a private folder made for this run (the data path was too long for a
+    /// socket), removed when the cluster stops.
+    private_socket_dir: bool,
+    /// The superuser's password: the cluster authenticates every connection (SCRAM), so
+    /// reaching its socket is not enough to become its superuser.
+    password: String,
+    /// `<data dir>/pgpass`: the password, for psql (`PGPASSFILE`).
+    passfile: PathBuf,
     pid: i32,
     exited: mpsc::Receiver<std::io::Result<ExitStatus>>,
     stopped: bool,
@@ -58,17 +67,24 @@ impl Cluster {
         let pgdata = data_dir.join("postgres");
         let run_as = run_as()?;
         prepare_pgdata(&pgdata, run_as)?;
-        if !pgdata.join("PG_VERSION").exists() {
-            initdb(&bindir, &pgdata, run_as, durability)?;
+        let passfile = data_dir.join("pgpass");
+        let fresh = !pgdata.join("PG_VERSION").exists();
+        let password = superuser_password(&passfile, fresh)?;
+        if fresh {
+            initdb(&bindir, &pgdata, run_as, durability, &password)?;
         }
         wait_for_previous_postmaster(&pgdata)?;
-        let socket_dir = socket_dir_for(&pgdata, run_as)?;
+        let (socket_dir, private_socket_dir) = socket_dir_for(&pgdata, run_as)?;
         let log_path = data_dir.join("postgres.log");
         let (pid, exited) = spawn_postgres(&bindir, &pgdata, &socket_dir, &log_path, run_as, durability)?;
-        let mut cluster = Self { pgdata, socket_dir, pid, exited, stopped: false };
+        let mut cluster =
+            Self { pgdata, socket_dir, private_socket_dir, password, passfile, pid, exited, stopped: false };
         if let Err(error) = cluster.wait_until_ready(&log_path) {
             let _ = cluster.stop_inner();
             return Err(error);
+        }
+        if !fresh && !cluster.pgdata.join(HBA_MARKER).exists() {
+            cluster.require_passwords()?;
         }
         tracing::info!(pgdata = %cluster.pgdata.display(), "embedded PostgreSQL is ready");
         Ok(cluster)
@@ -79,13 +95,43 @@ impl Cluster {
             .socket(&self.socket_dir)
             .port(PORT)
             .username(SUPERUSER)
+            .password(&self.password)
             .database(database)
             .log_statements(tracing::log::LevelFilter::Trace)
     }
 
     /// The command an operator runs to look inside.
     pub fn psql_command(&self, database: &str) -> String {
-        format!("psql 'host={} port={PORT} user={SUPERUSER} dbname={database}'", self.socket_dir.display())
+        format!(
+            "PGPASSFILE={} psql 'host={} port={PORT} user={SUPERUSER} dbname={database}'",
+            self.passfile.display(),
+            self.socket_dir.display()
+        )
+    }
+
+    /// A cluster made by an older upsertd trusts every connection on its socket: give the
+    /// superuser its password and make the cluster ask for it. Blocking.
+    fn require_passwords(&self) -> anyhow::Result<()> {
+        let (options, password, hba) =
+            (self.connect_options("postgres"), self.password.clone(), self.pgdata.join("pg_hba.conf"));
+        // On a thread of its own: a caller may be inside an async runtime, which cannot block on another.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                // Not a bind parameter: ALTER ROLE takes none. The password is hex, nothing to escape.
+                sqlx::query(&format!("ALTER ROLE {SUPERUSER} PASSWORD '{password}'")).execute(&mut conn).await?;
+                fs::write(hba, HBA)?;
+                sqlx::query("SELECT pg_reload_conf()").execute(&mut conn).await?;
+                conn.close().await?;
+                anyhow::Ok(())
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("upgrading the cluster's authentication panicked"))??;
+        fs::write(self.pgdata.join(HBA_MARKER), "")?;
+        tracing::info!("the embedded cluster now asks for its superuser's password (see pgpass in the data dir)");
+        Ok(())
     }
 
     pub async fn create_database(&self, name: &str) -> anyhow::Result<()> {
@@ -143,7 +189,11 @@ impl Cluster {
         }
         self.stopped = true;
         signal(self.pid, libc::SIGINT);
-        match self.exited.recv_timeout(STOP_TIMEOUT) {
+        let stopped = self.exited.recv_timeout(STOP_TIMEOUT);
+        if self.private_socket_dir {
+            fs::remove_dir_all(&self.socket_dir).ok();
+        }
+        match stopped {
             Ok(_) => Ok(()),
             Err(_) => {
                 signal(self.pid, libc::SIGQUIT);
@@ -267,12 +317,46 @@ fn server_command(bindir: &Path, program: &str, run_as: RunAs) -> Command {
     command
 }
 
-fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability) -> anyhow::Result<()> {
+/// Every connection authenticates with the superuser's password; none is trusted.
+const HBA: &str = "# upsertd: every connection authenticates (no trust)\nlocal all all scram-sha-256\n";
+/// Written once a cluster's `pg_hba.conf` is [`HBA`], by initdb or by an upgrade.
+const HBA_MARKER: &str = "upsertd-hba-scram";
+
+/// The password kept in `passfile` (pgpass format, mode 0600), made when the cluster is.
+fn superuser_password(passfile: &Path, fresh: bool) -> anyhow::Result<String> {
+    if let Ok(existing) = fs::read_to_string(passfile) {
+        if let Some(password) = existing.trim().rsplit(':').next().filter(|p| !p.is_empty() && !fresh) {
+            return Ok(password.to_owned());
+        }
+    }
+    let password = hex::encode(rand::random::<[u8; 24]>());
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(passfile)
+        .with_context(|| format!("cannot write {}", passfile.display()))?;
+    use std::io::Write;
+    writeln!(file, "*:*:*:{SUPERUSER}:{password}")?;
+    Ok(password)
+}
+
+fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability, password: &str) -> anyhow::Result<()> {
+    // initdb reads the password from a file the server's user can read (beside pgdata, which
+    // must be empty); it is removed after.
+    let pwfile = pgdata.with_file_name("initdb-password");
+    fs::remove_file(&pwfile).ok(); // left by an initdb that was interrupted
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&pwfile)?;
+    std::io::Write::write_all(&mut file, password.as_bytes())?;
+    if run_as.switch {
+        std::os::unix::fs::chown(&pwfile, Some(run_as.uid), Some(run_as.gid))?;
+    }
     let mut command = server_command(bindir, "initdb", run_as);
-    command.arg("-D").arg(pgdata).args([
+    command.arg("-D").arg(pgdata).arg(format!("--pwfile={}", pwfile.display())).args([
         "-U",
         SUPERUSER,
-        "--auth=trust",
+        "--auth=scram-sha-256",
         "-E",
         "UTF8",
         "--locale=C",
@@ -281,7 +365,9 @@ fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability) -
     if durability == Durability::Throwaway {
         command.arg("--no-sync");
     }
-    let out = command.output().context("could not run initdb")?;
+    let out = command.output().context("could not run initdb");
+    fs::remove_file(&pwfile).ok();
+    let out = out?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!(
@@ -290,6 +376,8 @@ fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability) -
             stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output")
         );
     }
+    fs::write(pgdata.join("pg_hba.conf"), HBA)?;
+    fs::write(pgdata.join(HBA_MARKER), "")?;
     Ok(())
 }
 
@@ -318,22 +406,36 @@ fn wait_for_previous_postmaster(pgdata: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The socket goes next to the data when the path fits, else into a short private folder.
-fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<PathBuf> {
+/// The socket goes next to the data when the path fits (pgdata is private, mode 0700). Else
+/// into a folder made for this run with `mkdtemp`: an unpredictable name, created atomically
+/// with mode 0700, so nobody can have planted it or a symlink in its place; it is handed to
+/// the server's user through its file descriptor, never by a path that could be swapped.
+/// `true`: that private folder, to remove when the cluster stops.
+fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<(PathBuf, bool)> {
     let socket_name_len = format!("/.s.PGSQL.{PORT}").len();
     if pgdata.as_os_str().len() + socket_name_len <= MAX_SOCKET_PATH {
-        return Ok(pgdata.to_owned());
+        return Ok((pgdata.to_owned(), false));
     }
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    pgdata.hash(&mut hasher);
-    let dir = std::env::temp_dir().join(format!("upsertd-{:016x}", hasher.finish()));
-    fs::create_dir_all(&dir)?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    let template = std::env::temp_dir().join("upsertd-XXXXXX");
+    let template = CString::new(template.into_os_string().into_encoded_bytes())?;
+    let raw = template.into_raw();
+    // SAFETY: `raw` is a NUL-terminated buffer we own; mkdtemp rewrites its Xs in place.
+    let made = unsafe { libc::mkdtemp(raw) };
+    // SAFETY: `raw` came from `CString::into_raw` above and is taken back exactly once.
+    let template = unsafe { CString::from_raw(raw) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error()).context("cannot create a private socket folder");
+    }
+    let dir = PathBuf::from(std::ffi::OsString::from_vec(template.into_bytes()));
     if run_as.switch {
-        std::os::unix::fs::chown(&dir, Some(run_as.uid), Some(run_as.gid))?;
+        let folder = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&dir)
+            .with_context(|| format!("cannot open {}", dir.display()))?;
+        std::os::unix::fs::fchown(&folder, Some(run_as.uid), Some(run_as.gid))?;
     }
-    Ok(dir)
+    Ok((dir, true))
 }
 
 fn spawn_postgres(
@@ -344,11 +446,14 @@ fn spawn_postgres(
     run_as: RunAs,
     durability: Durability,
 ) -> anyhow::Result<(i32, mpsc::Receiver<std::io::Result<ExitStatus>>)> {
+    // Only upsertd's user reads the log (the server writes it through the inherited handle).
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    log.set_permissions(fs::Permissions::from_mode(0o600))?;
     let mut command = server_command(bindir, "postgres", run_as);
     command
         .arg("-D")

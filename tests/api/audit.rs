@@ -1,7 +1,7 @@
 //! `upsertd audit`: a clean database passes; every kind of corruption the constraints normally
 //! forbid is found once the test (which owns its database) removes a constraint and writes it.
 
-use crate::helpers::TestApp;
+use crate::helpers::{scratch_dir, TestApp};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::process::{Command, Output};
@@ -19,8 +19,11 @@ fn database_url(app: &TestApp) -> String {
         return url.to_string();
     }
     let socket = options.get_socket().expect("the test cluster listens on a socket");
+    // The embedded cluster asks for its superuser's password, kept in pgpass beside it.
+    let pgpass = std::fs::read_to_string(scratch_dir("cluster").join("pgpass")).expect("the test cluster's pgpass");
+    let password = pgpass.trim().rsplit(':').next().unwrap().to_owned();
     format!(
-        "postgres://{}@localhost:{}/{database}?host={}",
+        "postgres://{}:{password}@localhost:{}/{database}?host={}",
         options.get_username(),
         options.get_port(),
         socket.display()

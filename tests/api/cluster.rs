@@ -148,3 +148,52 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     stt_handle.stop(false).await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// The embedded cluster trusts no connection (SCRAM with a password only upsertd's user can
+/// read), and a socket that cannot live next to long data paths goes into a private folder
+/// with an unpredictable name, made for each run and removed after it.
+#[tokio::test]
+async fn the_embedded_cluster_authenticates_and_hides_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use upsertd::db::cluster::{Cluster, Durability};
+    let data_dir = scratch_dir(&format!("private-{}-{}", uuid::Uuid::new_v4().simple(), "x".repeat(80)));
+    let start = |dir: std::path::PathBuf| {
+        std::thread::spawn(move || Cluster::start(&dir, Durability::Throwaway).unwrap()).join().unwrap()
+    };
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let socket_dir = |cluster: &Cluster| {
+        let command = cluster.psql_command("postgres");
+        let host = command.split("host=").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+        std::path::PathBuf::from(host)
+    };
+
+    let first = start(data_dir.clone());
+    let first_socket = socket_dir(&first);
+    assert!(first_socket.starts_with(std::env::temp_dir()), "{}", first_socket.display());
+    assert_eq!(mode(&first_socket), 0o700);
+    assert_eq!(mode(&data_dir.join("pgpass")), 0o600);
+    assert_eq!(mode(&data_dir.join("postgres.log")), 0o600);
+    let with_password = first.connect_options("postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&with_password).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut conn).await.unwrap();
+    drop(conn);
+    let without = with_password.clone().password("");
+    let refused = <sqlx::PgConnection as sqlx::Connection>::connect_with(&without).await.unwrap_err();
+    let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert!(matches!(code.as_deref(), Some("28P01") | Some("28000")), "{refused}");
+    std::thread::spawn(move || first.stop().unwrap()).join().unwrap();
+    assert!(!first_socket.exists(), "the private socket folder is removed with the cluster");
+
+    // A cluster made by an older upsertd, trusting its socket, is made to ask for a password.
+    std::fs::write(data_dir.join("postgres/pg_hba.conf"), "local all all trust\n").unwrap();
+    std::fs::remove_file(data_dir.join("postgres/upsertd-hba-scram")).unwrap();
+    std::fs::remove_file(data_dir.join("pgpass")).unwrap();
+    let second = start(data_dir.clone());
+    assert_ne!(socket_dir(&second), first_socket, "the socket folder's name is drawn afresh");
+    let options = second.connect_options("postgres");
+    <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
+    let refused = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options.clone().password("")).await;
+    assert!(refused.is_err(), "the upgraded cluster still trusts its socket");
+    std::thread::spawn(move || second.stop().unwrap()).join().unwrap();
+    std::fs::remove_dir_all(&data_dir).ok();
+}
