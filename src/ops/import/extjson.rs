@@ -3,7 +3,7 @@
 //! `{"$numberDouble"}`, `{"$numberDecimal"}`, or plain JSON values where the relaxed form uses them.
 //! Every reader returns a one-line reason naming the field instead of failing.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::str::FromStr;
@@ -42,15 +42,19 @@ pub fn date(doc: &Value, name: &str) -> Result<Option<DateTime<Utc>>, String> {
     field(doc, name).map(|value| date_value(value).ok_or_else(|| format!("{name}: not a date"))).transpose()
 }
 
+/// A date PostgreSQL can store: `timestamptz` starts in 4713 BC (chrono's range ends before
+/// PostgreSQL's does), so an earlier one is not a date here and its document is rejected
+/// with a reason, instead of failing its batch in the database.
 fn date_value(value: &Value) -> Option<DateTime<Utc>> {
     let inner = match wrapper(value) {
         Some(("$date", inner)) => inner,
         _ => value,
     };
-    match inner {
+    let date = match inner {
         Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc)),
         other => integer_text(other).and_then(|ms| ms.parse().ok()).and_then(DateTime::from_timestamp_millis),
-    }
+    };
+    date.filter(|d| d.year() >= -4712)
 }
 
 /// The digits of any numeric form, as written (so decimals keep every digit).
@@ -127,6 +131,14 @@ pub fn plain(value: &Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn dates_postgresql_cannot_store_are_not_dates() {
+        let doc =
+            serde_json::json!({"a": {"$date": {"$numberLong": "-400000000000000"}}, "b": "-9999-01-01T00:00:00Z"});
+        assert!(date(&doc, "a").is_err());
+        assert!(date(&doc, "b").is_err());
+    }
 
     #[test]
     fn dates_read_in_both_mongoexport_forms() {
