@@ -191,7 +191,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let database = Database::open(&settings).await?;
+    let database = Database::visit(&settings).await?;
     let result = database.migrate().await;
     database.shutdown().await?;
     result?;

@@ -51,6 +51,16 @@ impl Database {
         })
     }
 
+    /// For commands that visit the database while a `serve` may be running on the same data
+    /// dir (audit, import, migrate): its embedded cluster when it is up, else as [`Self::open`].
+    pub async fn visit(settings: &Settings) -> anyhow::Result<Self> {
+        let explicit = settings.database_url.as_deref().is_some_and(|u| !u.is_empty());
+        match Cluster::running(&settings.data_dir, EMBEDDED_DATABASE).filter(|_| !explicit) {
+            Some((options, display)) => Ok(Self { options, display, cluster: None }),
+            None => Self::open(settings).await,
+        }
+    }
+
     /// A lazy pool: the server starts (and answers 503) even while the database is down, and
     /// recovers by itself when it comes back.
     pub fn pool(&self, settings: &Settings) -> PgPool {

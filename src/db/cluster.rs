@@ -90,6 +90,32 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The cluster another upsertd (a `serve`) runs on this data dir, if it is up: its socket
+    /// folder as its `postmaster.pid` names it, and the password in `pgpass`. A command that
+    /// only visits (audit, import, migrate) connects to it instead of waiting for it to stop.
+    pub fn running(data_dir: &Path, database: &str) -> Option<(PgConnectOptions, String)> {
+        let pid_file = fs::read_to_string(data_dir.join("postgres/postmaster.pid")).ok()?;
+        let lines: Vec<&str> = pid_file.lines().collect();
+        let pid: i32 = lines.first()?.trim().parse().ok()?;
+        // postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem key, status.
+        let (socket_dir, status) = (lines.get(4)?.trim(), lines.get(7)?.trim());
+        if !process_alive(pid) || status != "ready" || socket_dir.is_empty() {
+            return None;
+        }
+        let password = superuser_password_in(&data_dir.join("pgpass"))?;
+        let options = PgConnectOptions::new()
+            .socket(socket_dir)
+            .port(PORT)
+            .username(SUPERUSER)
+            .password(&password)
+            .database(database);
+        let display = format!(
+            "PGPASSFILE={} psql 'host={socket_dir} port={PORT} user={SUPERUSER} dbname={database}'",
+            data_dir.join("pgpass").display()
+        );
+        Some((options, display))
+    }
+
     pub fn connect_options(&self, database: &str) -> PgConnectOptions {
         PgConnectOptions::new()
             .socket(&self.socket_dir)
@@ -324,10 +350,8 @@ const HBA_MARKER: &str = "upsertd-hba-scram";
 
 /// The password kept in `passfile` (pgpass format, mode 0600), made when the cluster is.
 fn superuser_password(passfile: &Path, fresh: bool) -> anyhow::Result<String> {
-    if let Ok(existing) = fs::read_to_string(passfile) {
-        if let Some(password) = existing.trim().rsplit(':').next().filter(|p| !p.is_empty() && !fresh) {
-            return Ok(password.to_owned());
-        }
+    if let Some(password) = superuser_password_in(passfile).filter(|_| !fresh) {
+        return Ok(password);
     }
     let password = hex::encode(rand::random::<[u8; 24]>());
     let mut file = fs::OpenOptions::new()
@@ -340,6 +364,11 @@ fn superuser_password(passfile: &Path, fresh: bool) -> anyhow::Result<String> {
     use std::io::Write;
     writeln!(file, "*:*:*:{SUPERUSER}:{password}")?;
     Ok(password)
+}
+
+fn superuser_password_in(passfile: &Path) -> Option<String> {
+    let existing = fs::read_to_string(passfile).ok()?;
+    existing.trim().rsplit(':').next().filter(|p| !p.is_empty()).map(str::to_owned)
 }
 
 fn initdb(bindir: &Path, pgdata: &Path, run_as: RunAs, durability: Durability, password: &str) -> anyhow::Result<()> {

@@ -121,7 +121,7 @@ async fn audio_files(conn: &mut PgConnection, data_dir: &Path) -> anyhow::Result
 
 /// The `audit` command: exit 0 when clean, 1 with a finding; an error (exit 2) when it could not check.
 pub async fn command(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(settings).await?;
+    let database = Database::visit(settings).await?;
     let result = async {
         let mut conn = PgConnection::connect_with(&database.options).await.context("cannot connect to the database")?;
         let report =

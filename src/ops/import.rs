@@ -98,7 +98,7 @@ trait Importer {
 /// The `import` command: exit 0 when every document was imported, 1 when some were rejected;
 /// an error (exit 2) when the import could not run.
 pub async fn command(settings: &Settings, args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(settings).await?;
+    let database = Database::visit(settings).await?;
     let result = async {
         if !settings.no_migrate {
             database.migrate().await?;

@@ -197,3 +197,30 @@ async fn the_embedded_cluster_authenticates_and_hides_its_socket() {
     std::thread::spawn(move || second.stop().unwrap()).join().unwrap();
     std::fs::remove_dir_all(&data_dir).ok();
 }
+
+/// `audit`, `import` and `migrate` visit the cluster a running `serve` owns, at once, instead
+/// of waiting for it to stop.
+#[tokio::test]
+async fn commands_visit_the_cluster_of_a_running_server() {
+    let data_dir = scratch_dir(&format!("visit-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let mut server = start_binary(&data_dir, port, &[]).await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_upsertd"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for args in [&["migrate"][..], &["audit"][..]] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?} while serve runs: {out:?}");
+    }
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+    assert_eq!(health.status(), 200, "the server's cluster still runs");
+    terminate(&mut server);
+    std::fs::remove_dir_all(&data_dir).ok();
+}
