@@ -4,11 +4,12 @@
 //!
 //! A keyed POST goes through three steps, and no database transaction spans the request:
 //!
-//! 1. **Claim** ([`keys`], the guard each keyed route is wrapped in, before the handler runs): one autocommit
-//!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or expired>` on
-//!    `idempotency_keys`, keyed by (scope, method, routed path, key), writes our random `claim_id` and a
-//!    lease (`locked_until`). Claims that arrive together share that statement ([`Claims`]).
-//!    If the row belongs to someone else we answer without running anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
+//! 1. **Claim** ([`keys`], the guard each keyed route is wrapped in, before the handler runs):
+//!    one autocommit `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or
+//!    expired>` on `idempotency_keys`, keyed by (scope, method, routed path, key), writes our
+//!    random `claim_id` and a lease (`locked_until`). Claims that arrive together share that
+//!    statement ([`Claims`]). If the row belongs to someone else we answer without running
+//!    anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
 //!    differs, or - after waiting briefly without holding a connection - 409 while the first
 //!    request still runs.
 //! 2. **Effect + record in one transaction** ([`Writer`]): the handler's writes run in a

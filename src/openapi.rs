@@ -10,9 +10,9 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "upsertd",
-        description = "Writes that are safe to repeat. The contract: API.md v1. Errors are RFC 9457 problem documents; \
-                       every POST under /api accepts Idempotency-Key; writes answer 201 when they inserted, 200 otherwise, \
-                       with Upsert-Outcome: inserted | updated | unchanged."
+        description = "Writes that are safe to repeat. The contract: API.md v1. Errors are RFC 9457 problem \
+                       documents; every POST under /api accepts Idempotency-Key; writes answer 201 when they \
+                       inserted, 200 otherwise, with Upsert-Outcome: inserted | updated | unchanged."
     ),
     paths(
         conversations::create,

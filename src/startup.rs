@@ -200,7 +200,10 @@ route_table! {
     api "/api" {
         "/conversations" => [post[Keys::JSON] conversations::create, get conversations::list],
         "/conversations/{session_id}" => [get conversations::get],
-        "/conversations/{session_id}/messages" => [post[Keys::JSON] conversations::append_messages, get conversations::list_messages],
+        "/conversations/{session_id}/messages" => [
+            post[Keys::JSON] conversations::append_messages,
+            get conversations::list_messages,
+        ],
         "/save-analysis" => [post[Keys::JSON] conversations::save_analysis],
         "/upload-audio" => [post[Keys::MULTIPART] conversations::upload_audio],
         "/audio/{id}" => [get conversations::get_audio],

@@ -35,7 +35,28 @@ impl CreateChatBody {
     }
 }
 
-#[utoipa::path(post, path = "/api/chats", tag = "chats", request_body = CreateChatBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Chat), (status = 200, description = "Existed or updated", body = Chat), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/chats",
+    tag = "chats",
+    request_body = CreateChatBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Chat),
+        (status = 200, description = "Existed or updated", body = Chat),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult<HttpResponse> {
     let key = body.0.validate()?;
     let mut conn = writer.begin().await?;
@@ -43,7 +64,16 @@ pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult
     writer.finish(conn, result.map(|(chat, outcome)| Reply::written("chat", outcome, &chat, || chat.location()))).await
 }
 
-#[utoipa::path(get, path = "/api/chats/{id}", tag = "chats", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = Chat), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/chats/{id}",
+    tag = "chats",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = Chat),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let not_found = || ApiError::NotFound("no chat has this id".into());
     let id: Uuid = path.parse().map_err(|_| not_found())?;
@@ -56,7 +86,16 @@ pub struct ListChatsQuery {
     participant: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/chats", tag = "chats", params(("participant" = String, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Page<Chat>), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/chats",
+    tag = "chats",
+    params(("participant" = String, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, body = Page<Chat>),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn list(
     state: web::Data<AppState>,
     filter: web::Query<ListChatsQuery>,

@@ -26,7 +26,28 @@ fn path_session_id(raw: &str) -> ApiResult<SessionId> {
     SessionId::parse("session_id", raw).map_err(|_| ApiError::NotFound("no conversation has this session_id".into()))
 }
 
-#[utoipa::path(post, path = "/api/conversations", tag = "conversations", request_body = CreateConversationBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/conversations",
+    tag = "conversations",
+    request_body = CreateConversationBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Conversation),
+        (status = 200, description = "Existed or updated", body = Conversation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> ApiResult<HttpResponse> {
     let new = body.0.validate()?;
     let mut conn = writer.begin().await?;
@@ -34,7 +55,16 @@ pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> A
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
 }
 
-#[utoipa::path(get, path = "/api/conversations/{session_id}", tag = "conversations", params(("session_id" = String, Path)), responses((status = 200, body = Conversation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{session_id}",
+    tag = "conversations",
+    params(("session_id" = String, Path)),
+    responses(
+        (status = 200, body = Conversation),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let session_id = path_session_id(&path)?;
     let conversation = store::get(&mut *state.conn().await?, &session_id)
@@ -43,7 +73,16 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     Ok(HttpResponse::Ok().insert_header((header::ETAG, conversation.etag())).json(conversation))
 }
 
-#[utoipa::path(get, path = "/api/conversations", tag = "conversations", params(("user_id" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Page<Conversation>), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    tag = "conversations",
+    params(("user_id" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, body = Page<Conversation>),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn list(
     state: web::Data<AppState>,
     filter: web::Query<ListConversationsQuery>,
@@ -54,7 +93,29 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(items))
 }
 
-#[utoipa::path(post, path = "/api/save-analysis", tag = "conversations", request_body = SaveAnalysisBody, params(("If-Match" = Option<String>, Header, description = "Update only at this version"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/save-analysis",
+    tag = "conversations",
+    request_body = SaveAnalysisBody,
+    params(
+        ("If-Match" = Option<String>, Header, description = "Update only at this version"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Conversation),
+        (status = 200, description = "Existed or updated", body = Conversation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn save_analysis(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -76,7 +137,34 @@ pub async fn save_analysis(
 
 /// Stores and analyses the audio, transcribes it when STT is configured, then performs the
 /// same upsert as save-analysis. The slow part runs before a database connection is taken.
-#[utoipa::path(post, path = "/api/upload-audio", tag = "conversations", request_body(content_type = "multipart/form-data", description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, analysis (JSON)"), params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Conversation), (status = 200, description = "Existed or updated", body = Conversation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem), (status = 415, body = Problem)))]
+#[utoipa::path(
+    post,
+    path = "/api/upload-audio",
+    tag = "conversations",
+    request_body(
+        content_type = "multipart/form-data",
+        description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, \
+                       analysis (JSON)"
+    ),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Conversation),
+        (status = 200, description = "Existed or updated", body = Conversation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem),
+        (status = 415, body = Problem)
+    )
+)]
 pub async fn upload_audio(
     state: web::Data<AppState>,
     writer: Writer,
@@ -118,7 +206,29 @@ pub async fn upload_audio(
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
 }
 
-#[utoipa::path(post, path = "/api/conversations/{session_id}/messages", tag = "conversations", request_body = AppendBody, params(("session_id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Appended), (status = 200, description = "Existed or updated", body = Appended), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/conversations/{session_id}/messages",
+    tag = "conversations",
+    request_body = AppendBody,
+    params(
+        ("session_id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Appended),
+        (status = 200, description = "Existed or updated", body = Appended),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn append_messages(
     path: web::Path<String>,
     writer: Writer,
@@ -135,7 +245,17 @@ pub async fn append_messages(
     writer.finish(conn, result).await
 }
 
-#[utoipa::path(get, path = "/api/conversations/{session_id}/messages", tag = "conversations", params(("session_id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Page<Message>), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{session_id}/messages",
+    tag = "conversations",
+    params(("session_id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, body = Page<Message>),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn list_messages(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -149,7 +269,16 @@ pub async fn list_messages(
     Ok(HttpResponse::Ok().json(messages))
 }
 
-#[utoipa::path(get, path = "/api/audio/{id}", tag = "conversations", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "The stored bytes", content_type = "audio/*"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/audio/{id}",
+    tag = "conversations",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The stored bytes", content_type = "audio/*"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn get_audio(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let not_found = || ApiError::NotFound("no audio file has this id".into());
     let id: Uuid = path.parse().map_err(|_| not_found())?;

@@ -276,10 +276,13 @@ pub async fn append_messages(
     let updated = sqlx::query_as!(
         ConversationRow,
         r#"WITH added AS (
-               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion, audio_id, phonemes, feedback)
+               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion,
+                   audio_id, phonemes, feedback)
                SELECT m.id, $1, m.role, m.text, m.translation, m.grammar_suggestion, m.audio_id, m.phonemes, m.feedback
-               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[])
-                    WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, audio_id, phonemes, feedback, ord)
+               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::jsonb[],
+                   $9::jsonb[])
+                    WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, audio_id, phonemes,
+                        feedback, ord)
                ORDER BY m.ord
                ON CONFLICT (id) DO NOTHING
                RETURNING 1

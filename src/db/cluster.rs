@@ -288,7 +288,10 @@ fn run_as() -> anyhow::Result<RunAs> {
     // SAFETY: getpwnam returns NULL or a pointer to a static record we copy from at once.
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };
     if entry.is_null() {
-        bail!("running as root, but there is no `postgres` OS user to run PostgreSQL as: create one (apt install postgresql does) or set DATABASE_URL");
+        bail!(
+            "running as root, but there is no `postgres` OS user to run PostgreSQL as: \
+             create one (apt install postgresql does) or set DATABASE_URL"
+        );
     }
     // SAFETY: checked non-null above.
     let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
@@ -302,7 +305,8 @@ fn prepare_pgdata(pgdata: &Path, run_as: RunAs) -> anyhow::Result<()> {
         let owner = fs::metadata(pgdata)?.uid();
         if owner != run_as.uid {
             bail!(
-                "{} belongs to uid {owner}, not to uid {} that runs PostgreSQL: choose another --data-dir, or chown -R it",
+                "{} belongs to uid {owner}, not to uid {} that runs PostgreSQL: \
+                 choose another --data-dir, or chown -R it",
                 pgdata.display(),
                 run_as.uid
             );
@@ -323,7 +327,8 @@ fn prepare_pgdata(pgdata: &Path, run_as: RunAs) -> anyhow::Result<()> {
                 || (meta.gid() == run_as.gid && mode & 0o010 != 0);
             if !passable {
                 bail!(
-                    "the postgres OS user cannot reach {}: {} is mode {:o}; choose a --data-dir outside it (e.g. under /var/lib or /tmp)",
+                    "the postgres OS user cannot reach {}: {} is mode {:o}; \
+                     choose a --data-dir outside it (e.g. under /var/lib or /tmp)",
                     pgdata.display(),
                     ancestor.display(),
                     mode & 0o777
@@ -427,7 +432,8 @@ fn wait_for_previous_postmaster(pgdata: &Path) -> anyhow::Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "a PostgreSQL server (pid {pid}) is already running on {}: stop the other upsertd, or point DATABASE_URL at it",
+                "a PostgreSQL server (pid {pid}) is already running on {}: \
+                 stop the other upsertd, or point DATABASE_URL at it",
                 pgdata.display()
             );
         }

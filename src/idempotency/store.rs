@@ -245,7 +245,8 @@ pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
                        LIMIT $1 FOR UPDATE SKIP LOCKED))
                    RETURNING 1
                )
-               SELECT (SELECT count(*) FROM records) AS "records!", (SELECT count(*) FROM answer_rows) AS "answer_rows!""#,
+               SELECT (SELECT count(*) FROM records) AS "records!",
+                      (SELECT count(*) FROM answer_rows) AS "answer_rows!""#,
             BATCH
         )
         .fetch_one(pool)

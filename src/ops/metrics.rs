@@ -34,7 +34,12 @@ pub fn replayed() {
     metrics::counter!(REPLAYS).increment(1);
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+)]
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     let pool = &state.pool;
     metrics::gauge!("upsertd_db_pool_connections").set(f64::from(pool.size()));

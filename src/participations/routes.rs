@@ -23,7 +23,28 @@ fn updated(participation: Option<super::model::Participation>) -> ApiResult<Repl
     Ok(Reply::written("participation", Outcome::Updated, &participation, || participation.location()))
 }
 
-#[utoipa::path(post, path = "/api/participations", tag = "participations", request_body = CreateBody, params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 201, description = "Inserted", body = Participation), (status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations",
+    tag = "participations",
+    request_body = CreateBody,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 201, description = "Inserted", body = Participation),
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
     let (campaign, streamer) = body.0.validate()?;
     let mut conn = writer.begin().await?;
@@ -31,7 +52,16 @@ pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<Htt
     writer.finish(conn, result.map(|(p, outcome)| Reply::written("participation", outcome, &p, || p.location()))).await
 }
 
-#[utoipa::path(get, path = "/api/participations/{id}", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = Participation), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/participations/{id}",
+    tag = "participations",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = Participation),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let participation = store::get(&mut *state.conn().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(participation))
@@ -49,7 +79,29 @@ async fn record(
     Ok(reply.into_response())
 }
 
-#[utoipa::path(post, path = "/api/participations/{id}/impressions", tag = "participations", request_body = ImpressionsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/impressions",
+    tag = "participations",
+    request_body = ImpressionsBody,
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn impressions(
     state: web::Data<AppState>,
     writer: Writer,
@@ -59,7 +111,29 @@ pub async fn impressions(
     record(state, writer, &path, body.0.delta()).await
 }
 
-#[utoipa::path(post, path = "/api/participations/{id}/clicks", tag = "participations", request_body = ClickBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/clicks",
+    tag = "participations",
+    request_body = ClickBody,
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn clicks(
     state: web::Data<AppState>,
     writer: Writer,
@@ -69,7 +143,29 @@ pub async fn clicks(
     record(state, writer, &path, body.0.delta()).await
 }
 
-#[utoipa::path(post, path = "/api/participations/{id}/viewer-samples", tag = "participations", request_body = ViewerSampleBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/viewer-samples",
+    tag = "participations",
+    request_body = ViewerSampleBody,
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn viewer_samples(
     state: web::Data<AppState>,
     writer: Writer,
@@ -79,7 +175,29 @@ pub async fn viewer_samples(
     record(state, writer, &path, body.0.delta()).await
 }
 
-#[utoipa::path(post, path = "/api/participations/{id}/earnings", tag = "participations", request_body = EarningsBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/earnings",
+    tag = "participations",
+    request_body = EarningsBody,
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn earnings(
     state: web::Data<AppState>,
     writer: Writer,
@@ -94,7 +212,29 @@ fn overlay_base(state: &AppState) -> String {
     format!("{}/api/overlay/", state.public_base_url)
 }
 
-#[utoipa::path(post, path = "/api/participations/{id}/chat-command", tag = "participations", request_body = ChatCommandBody, params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/chat-command",
+    tag = "participations",
+    request_body = ChatCommandBody,
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn chat_command(
     state: web::Data<AppState>,
     writer: Writer,
@@ -108,7 +248,28 @@ pub async fn chat_command(
 }
 
 /// Makes the QR code of the tracking URL. Rendering happens before a connection is taken.
-#[utoipa::path(post, path = "/api/participations/{id}/qr-code", tag = "participations", params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")), responses((status = 200, description = "Existed or updated", body = Participation), (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency key in flight or version mismatch", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    post,
+    path = "/api/participations/{id}/qr-code",
+    tag = "participations",
+    params(
+        ("id" = uuid::Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+    ),
+    responses(
+        (status = 200, description = "Existed or updated", body = Participation),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (
+            status = 409,
+            description = "Idempotency key in flight or version mismatch",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn make_qr_code(
     state: web::Data<AppState>,
     writer: Writer,
@@ -124,7 +285,16 @@ pub async fn make_qr_code(
     writer.finish(conn, result.and_then(updated)).await
 }
 
-#[utoipa::path(get, path = "/api/participations/{id}/qr-code.png", tag = "participations", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "PNG image", content_type = "image/png"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/participations/{id}/qr-code.png",
+    tag = "participations",
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "PNG image", content_type = "image/png"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let png = store::qr_code_png(&mut *state.conn().await?, path_id(&path)?)
         .await?
@@ -132,7 +302,16 @@ pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) ->
     Ok(HttpResponse::build(StatusCode::OK).content_type("image/png").body(png))
 }
 
-#[utoipa::path(get, path = "/api/overlay/{token}", tag = "participations", params(("token" = String, Path)), responses((status = 200, body = Overlay), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(
+    get,
+    path = "/api/overlay/{token}",
+    tag = "participations",
+    params(("token" = String, Path)),
+    responses(
+        (status = 200, body = Overlay),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let view = store::overlay(&mut *state.conn().await?, &path)
         .await?

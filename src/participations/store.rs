@@ -112,7 +112,8 @@ pub async fn apply(
                    viewer_samples = p.viewer_samples + t.samples,
                    viewer_count_total = p.viewer_count_total + t.viewers,
                    avg_viewer_count = CASE WHEN t.samples = 0 THEN p.avg_viewer_count
-                                      ELSE (p.viewer_count_total + t.viewers)::float8 / (p.viewer_samples + t.samples) END,
+                                      ELSE (p.viewer_count_total + t.viewers)::float8 / (p.viewer_samples
+                                          + t.samples) END,
                    peak_viewer_count = GREATEST(p.peak_viewer_count, t.peak),
                    updated_at = now()
                FROM total t
@@ -120,7 +121,8 @@ pub async fn apply(
                RETURNING p.*
            ), ledger AS (
                INSERT INTO participation_events
-                   (participation_id, kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings, viewer_count)
+                   (participation_id, kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings,
+                       viewer_count)
                SELECT moved.id, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
                       d.viewer_count
                FROM moved, d

@@ -63,7 +63,8 @@ impl Importer for Chats {
             let first = &group.docs[0].doc;
             let created_at = group.docs.iter().filter_map(|d| d.doc.created_at).min();
             let inserted = sqlx::query_scalar!(
-                "INSERT INTO chats (id, participants, participants_key, created_at) VALUES ($1, $2, $3, coalesce($4, now()))
+                "INSERT INTO chats (id, participants, participants_key, created_at) VALUES ($1, $2, $3,
+                    coalesce($4, now()))
                  ON CONFLICT (participants_key) DO NOTHING
                  RETURNING id",
                 Uuid::now_v7(),

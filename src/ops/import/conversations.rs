@@ -192,7 +192,8 @@ async fn write_group(
     let created_at = docs.iter().filter_map(|d| d.created_at).min();
     let updated_at = docs.iter().filter_map(|d| d.updated_at).max();
     let upserted = sqlx::query!(
-        r#"INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, created_at, updated_at)
+        r#"INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, created_at,
+            updated_at)
            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($8, $7, now()))
            ON CONFLICT (session_id) DO UPDATE SET
                user_id = coalesce(c.user_id, EXCLUDED.user_id),
@@ -267,12 +268,14 @@ async fn append_messages(
     summary.add("messages read", group.docs.iter().map(|d| d.doc.messages.len() as u64).sum());
     let added = sqlx::query_scalar!(
         r#"WITH added AS (
-               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion, phonemes, feedback, created_at)
+               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion,
+                   phonemes, feedback, created_at)
                SELECT m.id, $1, m.role, m.text, m.translation, m.grammar_suggestion, m.phonemes, m.feedback,
                       coalesce(m.created_at, now())
                FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[],
                            $9::timestamptz[])
-                    WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, phonemes, feedback, created_at, ord)
+                    WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, phonemes, feedback,
+                        created_at, ord)
                ORDER BY m.ord
                ON CONFLICT (id) DO NOTHING
                RETURNING 1

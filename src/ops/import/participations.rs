@@ -135,7 +135,8 @@ impl Importer for Participations {
             .await?;
         let sources: Vec<String> = groups.iter().flat_map(|g| g.docs.iter().map(|d| d.source_id.clone())).collect();
         let done: HashMap<String, Uuid> = sqlx::query!(
-            "SELECT source_id, target_id FROM import_sources WHERE collection = 'participations' AND source_id = ANY($1)",
+            "SELECT source_id, target_id FROM import_sources WHERE collection = 'participations'
+                AND source_id = ANY($1)",
             &sources,
         )
         .fetch_all(&mut *tx)
@@ -194,7 +195,8 @@ impl Participations {
                    -- the mean, so the total they stand for is mean x samples.
                    viewer_count_total = p.viewer_count_total + EXCLUDED.viewer_count_total,
                    avg_viewer_count = CASE WHEN p.viewer_samples + EXCLUDED.viewer_samples > 0
-                       THEN (p.avg_viewer_count * p.viewer_samples + EXCLUDED.avg_viewer_count * EXCLUDED.viewer_samples)
+                       THEN (p.avg_viewer_count * p.viewer_samples
+                           + EXCLUDED.avg_viewer_count * EXCLUDED.viewer_samples)
                             / (p.viewer_samples + EXCLUDED.viewer_samples)
                        ELSE greatest(p.avg_viewer_count, EXCLUDED.avg_viewer_count) END,
                    peak_viewer_count = greatest(p.peak_viewer_count, EXCLUDED.peak_viewer_count),
