@@ -47,6 +47,13 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The token of `Authorization: Bearer <token>`. The scheme is case-insensitive (RFC 9110
+/// §11.1) and followed by one or more spaces; the token is taken exactly as sent.
+fn bearer_token(credentials: &str) -> Option<&str> {
+    let (scheme, token) = credentials.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' ')).filter(|token| !token.is_empty())
+}
+
 pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -55,12 +62,7 @@ pub async fn require_token(
     let Some(tokens) = tokens.filter(|t| t.enabled()) else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
-    let offered = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let offered = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match offered.and_then(|token| tokens.accept(token)) {
         Some(scope) => {
             req.extensions_mut().insert(Scope(scope));
@@ -86,5 +88,16 @@ mod tests {
         assert!(tokens.accept("alph").is_none());
         assert_ne!(tokens.accept("alpha"), tokens.accept("beta"));
         assert!(!ApiTokens::parse(Some(" , ")).enabled());
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_exact() {
+        for credentials in ["Bearer alpha", "bearer alpha", "BEARER  alpha", "bEaReR alpha"] {
+            assert_eq!(bearer_token(credentials), Some("alpha"), "{credentials}");
+        }
+        assert_eq!(bearer_token("Bearer alpha "), Some("alpha "), "the token is not trimmed");
+        for refused in ["Bearer", "Bearer ", "Basic alpha", "Beareralpha", "Token alpha"] {
+            assert_eq!(bearer_token(refused), None, "{refused}");
+        }
     }
 }

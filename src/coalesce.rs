@@ -147,11 +147,25 @@ pub fn rounds<I, O, D: Hash + Eq>(jobs: Vec<Job<I, O>>, key: impl Fn(&I) -> D) -
     rounds
 }
 
-/// Answers each job with its own output (in job order), or - the statement failed, so none of
-/// them was written - every job with the batch's error.
-pub fn answer_all<I, T>(jobs: Vec<Job<I, ApiResult<T>>>, result: ApiResult<Vec<T>>, what: &str) {
+/// Runs `statement` on the jobs' inputs and answers each job with its own output (in job
+/// order). When it fails for a reason that may be one write's (its value, its row) - anything
+/// but an outage - the jobs run again one a statement, so that only the write at fault gets the
+/// error and the others are answered as if they had come alone. An outage is everyone's.
+pub async fn settle<I, T>(
+    jobs: Vec<Job<I, ApiResult<T>>>,
+    statement: impl AsyncFn(&[&I]) -> ApiResult<Vec<T>>,
+    what: &str,
+) {
+    let result = statement(&jobs.iter().map(|job| &job.input).collect::<Vec<_>>()).await;
     match result {
         Ok(outputs) => jobs.into_iter().zip(outputs).for_each(|(job, output)| job.answer(Ok(output))),
+        Err(error) if jobs.len() > 1 && !matches!(error, ApiError::DatabaseUnavailable(_)) => {
+            tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; its writes go again one by one");
+            for job in jobs {
+                let alone = statement(&[&job.input]).await;
+                job.answer(alone.map(|mut outputs| outputs.pop().expect("one write in, one answer out")));
+            }
+        }
         Err(error) => {
             tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; every write in it gets the error");
             jobs.into_iter().for_each(|job| job.answer(Err(ApiError::copy(&error))));

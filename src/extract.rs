@@ -120,7 +120,17 @@ pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::Malformed { detail: format!("{field}: {}", e.inner()), field: Some(field) }
+        let message = e.into_inner().to_string();
+        // The contract's one rule (API.md §1), for every field of every body: a JSON value of
+        // the wrong type is 400, a value of the right type that is not valid is 422. serde
+        // words the first, and only the first, "invalid type" (`de::Error::invalid_type`);
+        // what a field's own type refuses (a string that is no UUID, an amount with seven
+        // decimals, a number out of range, an unknown variant) is worded otherwise.
+        if message.starts_with("invalid type") {
+            ApiError::Malformed { detail: format!("{field}: {message}"), field: Some(field) }
+        } else {
+            ApiError::Validation(vec![crate::error::FieldError::new(field, message)])
+        }
     })
 }
 
@@ -149,6 +159,27 @@ mod tests {
         }
         assert_eq!(code(parse_object::<Body>(b"[1]").unwrap_err()), "400");
         assert_eq!(code(parse_object::<Body>(b"{nope").unwrap_err()), "400");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Typed {
+        id: Option<uuid::Uuid>,
+        count: Option<serde_json::Number>,
+        cost: Option<crate::domain::Money>,
+    }
+
+    #[test]
+    fn the_wrong_json_type_is_400_and_an_invalid_value_of_the_right_one_422() {
+        let status = |body: &str| code(parse_object::<Typed>(body.as_bytes()).unwrap_err());
+        for wrong in [r#"{"id": 5}"#, r#"{"count": "5"}"#, r#"{"cost": true}"#, r#"{"cost": [1]}"#] {
+            assert_eq!(status(wrong), "400", "{wrong}");
+        }
+        for invalid in [r#"{"id": "not-a-uuid"}"#, r#"{"cost": "lots"}"#, r#"{"cost": "0.0000001"}"#] {
+            assert_eq!(status(invalid), "422", "{invalid}");
+        }
+        let typed = parse_object::<Typed>(br#"{"count": 18446744073709551616, "cost": "1.5"}"#).unwrap();
+        assert_eq!(typed.count.unwrap().to_string(), "18446744073709551616", "the number's text is kept");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use utoipa::OpenApi;
         participations::make_qr_code,
         participations::qr_code_png,
         participations::overlay,
+        participations::overlay_qr_code_png,
         health::healthz,
         health::readyz,
         metrics::render,

@@ -196,6 +196,7 @@ route_table! {
         "/metrics" => [get metrics::render],
         // What a stream overlay loads: it holds only its token, never an API token.
         "/api/overlay/{token}" => [get participations::overlay],
+        "/api/overlay/{token}/qr-code.png" => [get participations::overlay_qr_code_png],
     }
     api "/api" {
         "/conversations" => [post[Keys::JSON] conversations::create, get conversations::list],

@@ -141,16 +141,27 @@ impl Drop for Server {
     }
 }
 
-/// `psql 'host=/sock port=5432 user=postgres dbname=upsertd'` -> the quoted conninfo. With
-/// `--database-url` the server prints a redacted URL, so the given URL is used instead.
+/// `PGPASSFILE=/data/pgpass psql 'host=/sock port=5432 user=postgres dbname=upsertd'` -> the
+/// quoted conninfo with the password from that file (the embedded cluster asks for it; neither
+/// tokio-postgres nor a conninfo argument reads a passfile by itself). With `--database-url`
+/// the server prints a redacted URL, so the given URL is used instead.
 fn parse_database_line(rest: &str, database_url: Option<&str>) -> String {
     if let Some(url) = database_url {
         return url.to_string();
     }
     let rest = rest.trim();
-    match (rest.find('\''), rest.rfind('\'')) {
+    let conninfo = match (rest.find('\''), rest.rfind('\'')) {
         (Some(a), Some(b)) if b > a => rest[a + 1..b].to_string(),
         _ => rest.trim_start_matches("psql ").to_string(),
+    };
+    let password = rest
+        .strip_prefix("PGPASSFILE=")
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|passfile| std::fs::read_to_string(passfile).ok())
+        .and_then(|entry| entry.lines().next().and_then(|line| line.rsplit(':').next()).map(str::to_owned));
+    match password {
+        Some(password) => format!("{conninfo} password={password}"),
+        None => conninfo,
     }
 }
 

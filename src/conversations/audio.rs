@@ -101,6 +101,11 @@ impl AudioStore {
 /// 20 ms frames below this level count as silence.
 const SILENCE_DBFS: f64 = -50.0;
 
+/// What a WAV header may say and still describe real audio: telephone rates to studio ones.
+const MIN_SAMPLE_RATE: u32 = 1_000;
+const MAX_SAMPLE_RATE: u32 = 768_000;
+const MAX_CHANNELS: u16 = 32;
+
 /// The analysis stored with a file: full figures for WAV, format and size for the rest.
 pub fn analyse(path: &Path, format: AudioFormat, bytes: u64) -> Value {
     let undecoded = |why: Option<String>| {
@@ -128,6 +133,12 @@ pub fn analyse(path: &Path, format: AudioFormat, bytes: u64) -> Value {
 fn analyse_wav(path: &Path) -> Result<Value, hound::Error> {
     let mut reader = hound::WavReader::open(path)?;
     let spec = reader.spec();
+    // A header can say anything; one that no real recording has (a sample rate of 0 makes a
+    // second of samples last hours) is not analysed into figures that look real.
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&spec.sample_rate) || !(1..=MAX_CHANNELS).contains(&spec.channels)
+    {
+        return Err(hound::Error::FormatError("the header's sample rate or channel count describes no real audio"));
+    }
     let channels = usize::from(spec.channels.max(1));
     let mut levels = Levels::new(((spec.sample_rate as usize) / 50).max(1) * channels);
     match spec.sample_format {
@@ -236,5 +247,43 @@ mod tests {
         assert_eq!(AudioFormat::sniff(b"ID3\x04"), Some(AudioFormat::Mp3));
         assert_eq!(AudioFormat::sniff(b"hello, world"), None);
         assert_eq!(AudioFormat::sniff(b""), None);
+    }
+
+    /// A 16-bit PCM WAV of `frames` silent frames whose header says `sample_rate`.
+    fn wav(sample_rate: u32, channels: u16, frames: u32) -> Vec<u8> {
+        let data_len = frames * u32::from(channels) * 2;
+        let mut bytes = b"RIFF".to_vec();
+        bytes.extend((36 + data_len).to_le_bytes());
+        bytes.extend(b"WAVEfmt ");
+        bytes.extend(16_u32.to_le_bytes());
+        bytes.extend(1_u16.to_le_bytes());
+        bytes.extend(channels.to_le_bytes());
+        bytes.extend(sample_rate.to_le_bytes());
+        bytes.extend((sample_rate * u32::from(channels) * 2).to_le_bytes());
+        bytes.extend((channels * 2).to_le_bytes());
+        bytes.extend(16_u16.to_le_bytes());
+        bytes.extend(b"data");
+        bytes.extend(data_len.to_le_bytes());
+        bytes.resize(bytes.len() + data_len as usize, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_header_that_describes_no_real_audio_is_not_decoded() {
+        let dir = std::env::temp_dir().join(format!("upsertd-wav-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let analysed = |name: &str, bytes: Vec<u8>| {
+            let path = dir.join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            analyse(&path, AudioFormat::Wav, bytes.len() as u64)
+        };
+        let real = analysed("real.wav", wav(16_000, 1, 16_000));
+        assert_eq!((real["decoded"].as_bool(), real["duration_ms"].as_u64()), (Some(true), Some(1000)));
+        for (name, rate, channels) in [("zero.wav", 0, 1), ("slow.wav", 1, 1), ("fast.wav", 10_000_000, 1)] {
+            let value = analysed(name, wav(rate, channels, 100));
+            assert_eq!(value["decoded"], false, "{name}: {value}");
+            assert!(value.get("duration_ms").is_none(), "{name}: no made-up duration");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -47,13 +47,12 @@ impl Batcher {
     }
 }
 
-/// One statement for the round. Every write in it was validated at the edge, so a failure of
-/// the statement (an outage, say) is every write's failure.
+/// One statement for the round ([`coalesce::settle`]: a write the database refuses fails
+/// alone).
 async fn write(pool: &PgPool, jobs: Vec<Job>) {
-    let result = async {
+    let statement = async |inputs: &[&AnalysisUpsert]| {
         let mut conn = crate::db::waiting(pool.acquire()).await?;
-        store::upsert_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>()).await
-    }
-    .await;
-    coalesce::answer_all(jobs, result, "upsert");
+        store::upsert_many(&mut conn, inputs).await
+    };
+    coalesce::settle(jobs, statement, "upsert").await;
 }

@@ -1,5 +1,6 @@
 use crate::error::FieldError;
 use rust_decimal::Decimal;
+use serde::de::{self, Deserialize, Deserializer, Unexpected};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use std::str::FromStr;
@@ -59,6 +60,25 @@ impl std::fmt::Display for Money {
         let mut fixed = self.0;
         fixed.rescale(Self::SCALE);
         write!(f, "{fixed}")
+    }
+}
+
+/// A body field of this type is a JSON number or a decimal string; any other JSON type is the
+/// wrong type (400), a number or string that is no amount is an invalid value (422): the
+/// errors the JSON extractor tells apart.
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let unexpected = match &value {
+            Value::Number(_) | Value::String(_) => {
+                return Money::parse("", &value).map_err(|e| de::Error::custom(e.message));
+            }
+            Value::Null => Unexpected::Unit,
+            Value::Bool(b) => Unexpected::Bool(*b),
+            Value::Array(_) => Unexpected::Seq,
+            Value::Object(_) => Unexpected::Map,
+        };
+        Err(de::Error::invalid_type(unexpected, &"a decimal number or a decimal string"))
     }
 }
 

@@ -23,6 +23,13 @@ impl<T> Patch<T> {
         }
     }
 
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
+        match self {
+            Patch::Keep => Patch::Keep,
+            Patch::Set(value) => Patch::Set(value.map(f)),
+        }
+    }
+
     /// For inputs that cannot send an explicit null (multipart parts): a value sets, its
     /// absence keeps.
     pub fn given(value: Option<T>) -> Self {

@@ -46,12 +46,10 @@ impl Claims {
 }
 
 async fn write(pool: &PgPool, jobs: Vec<Job>, config: IdempotencyConfig) {
-    let result = async {
+    let statement = async |claims: &[&Claim]| {
         let mut conn = crate::db::waiting(pool.acquire()).await?;
-        let won =
-            store::claim_many(&mut conn, &jobs.iter().map(|job| &job.input).collect::<Vec<_>>(), None, config).await?;
-        Ok(jobs.iter().map(|job| won.contains(&job.input.claim_id)).collect())
-    }
-    .await;
-    coalesce::answer_all(jobs, result, "claim");
+        let won = store::claim_many(&mut conn, claims, None, config).await?;
+        Ok(claims.iter().map(|claim| won.contains(&claim.claim_id)).collect())
+    };
+    coalesce::settle(jobs, statement, "claim").await;
 }

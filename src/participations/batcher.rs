@@ -15,7 +15,7 @@
 //! answered from its record.
 
 use super::model::{Delta, Participation};
-use super::store::KeyHeld;
+use super::store::{Applied, KeyHeld};
 use super::{not_found, store};
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
@@ -65,7 +65,7 @@ impl Batcher {
     }
 }
 
-/// A counter write's answer: the row as its batch left it, shared by the batch's writes.
+/// A counter write's answer: the row as that write left it.
 fn answer(participation: &Participation) -> Reply {
     Reply::resource(Outcome::Updated, participation, || participation.location())
 }
@@ -83,74 +83,88 @@ pub async fn recorded_answer(pool: &PgPool, row: serde_json::Value) -> ApiResult
 async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>) {
     let (keyed, plain): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| job.input.claim.is_some());
     let mut rounds = coalesce::rounds(keyed, |write: &Write| write.claim.as_ref().map(Claim::slot)).into_iter();
-    write(pool, config, id, plain, rounds.next().unwrap_or_default()).await;
+    write(pool, config, id, plain.into_iter().chain(rounds.next().unwrap_or_default()).collect()).await;
     for round in rounds {
-        write(pool, config, id, Vec::new(), round).await;
+        write(pool, config, id, round).await;
     }
 }
 
-/// One statement applies the deltas and records the keys ([`store::apply`]). A key that an
-/// earlier request holds (a retry) fails it; it runs again without that key, which is
-/// answered from its holder's record.
-async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, plain: Vec<Job>, keyed: Vec<Job>) {
-    let mut held: Vec<Uuid> = Vec::new();
-    let result = async {
-        let mut conn = crate::db::waiting(pool.acquire()).await?;
-        let mut freed_only = false;
-        loop {
-            let live: Vec<&Job> = keyed
-                .iter()
-                .filter(|job| !job.input.claim.as_ref().is_some_and(|c| held.contains(&c.claim_id)))
-                .collect();
-            let deltas: Vec<Delta> =
-                plain.iter().chain(live.iter().copied()).map(|job| job.input.delta.clone()).collect();
-            if deltas.is_empty() {
-                return Ok(None); // every key is held by an earlier request: nothing to write
-            }
-            let claims: Vec<&Claim> = live.iter().filter_map(|job| job.input.claim.as_ref()).collect();
-            match store::apply(&mut conn, id, &deltas, &claims, config).await? {
-                // Unknown id: nothing was written; the guard records the 404 of each key like any 4xx.
-                Ok(None) => return Ok(None),
-                Ok(Some(participation)) => {
-                    claims.iter().for_each(|c| c.mark_completed());
-                    return ApiResult::Ok(Some(answer(&participation)));
-                }
-                Err(KeyHeld) => {
-                    let taken = idempotency::held_keys(&mut conn, &claims).await?;
-                    // Nothing held: the clash was with records past their TTL, deleted now. A
-                    // second such clash is a race with other processes: let the clients retry.
-                    if taken.is_empty() {
-                        if freed_only {
-                            return Err(ApiError::Conflict);
-                        }
-                        freed_only = true;
-                    }
-                    held.extend(taken);
-                }
-            }
-        }
-    }
-    .await;
-    let shared = match result {
-        Ok(shared) => shared,
-        Err(error) => {
-            tracing::warn!(%error, "a counter batch failed; every write in it is answered with the error");
-            plain.into_iter().chain(keyed).for_each(|job| job.answer(Err(error.copy())));
-            return;
-        }
+/// Applies the writes in order, each answered as if it had come alone after the ones before
+/// it, in as few statements as the writes allow ([`store::apply`]): one, unless
+///
+/// - a write would overflow a counter: it gets its own 422 and the writes after it go again;
+/// - a key is held by an earlier request (a retry): the writes go again without it, and it is
+///   answered from its holder's record;
+/// - the statement fails otherwise, for a reason that may be one write's: the writes go again
+///   one a statement, so only the write at fault gets the error. An outage is everyone's.
+async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: Vec<Job>) {
+    let mut conn = match crate::db::waiting(pool.acquire()).await {
+        Ok(conn) => conn,
+        Err(error) => return fail(pending, &error.into()),
     };
-    for job in plain.into_iter().chain(keyed) {
-        match &job.input.claim {
-            Some(claim) if held.contains(&claim.claim_id) => {
-                let replayed = idempotency::held_elsewhere(pool, claim).await;
-                job.answer(replayed);
-            }
-            _ => {
-                if shared.is_some() {
+    let mut held: Vec<Job> = Vec::new();
+    let (mut alone, mut freed_only) = (false, false);
+    while !pending.is_empty() {
+        let take = if alone { 1 } else { pending.len() };
+        let deltas: Vec<&Delta> = pending[..take].iter().map(|job| &job.input.delta).collect();
+        let claims: Vec<(usize, &Claim)> =
+            pending[..take].iter().enumerate().filter_map(|(n, job)| Some((n, job.input.claim.as_ref()?))).collect();
+        match store::apply(&mut conn, id, &deltas, &claims, config).await {
+            // Unknown id: nothing was written; the guard records the 404 of each key like any 4xx.
+            Ok(Ok(Applied::Unknown)) => pending.drain(..).for_each(|job| job.answer(Err(not_found()))),
+            Ok(Ok(Applied::Rows { answers, refused })) => {
+                let mut done = pending.drain(..answers.len() + usize::from(refused.is_some()));
+                // The answers go first in the zip: it stops at their end without taking the
+                // refused job from `done`.
+                for (row, job) in answers.iter().zip(done.by_ref()) {
+                    if let Some(claim) = &job.input.claim {
+                        claim.mark_completed();
+                    }
                     crate::ops::metrics::upsert("participation", Outcome::Updated.as_str());
+                    job.answer(Ok(answer(row)));
                 }
-                job.answer(shared.clone().ok_or_else(not_found));
+                if let (Some(job), Some(column)) = (done.next(), refused) {
+                    let error = job.input.delta.overflow(&column);
+                    job.answer(Err(error));
+                }
             }
+            Ok(Err(KeyHeld)) => {
+                let claims: Vec<&Claim> = claims.iter().map(|(_, claim)| *claim).collect();
+                let taken = match idempotency::held_keys(&mut conn, &claims).await {
+                    Ok(taken) => taken,
+                    Err(error) => return fail(pending, &error),
+                };
+                // Nothing held: the clash was with records past their TTL, deleted now. A
+                // second such clash is a race with other processes: let the clients retry.
+                if taken.is_empty() {
+                    if freed_only {
+                        return fail(pending, &ApiError::Conflict);
+                    }
+                    freed_only = true;
+                }
+                let (now_held, rest) = pending.into_iter().partition(|job: &Job| {
+                    job.input.claim.as_ref().is_some_and(|claim| taken.contains(&claim.claim_id))
+                });
+                held.extend::<Vec<Job>>(now_held);
+                pending = rest;
+            }
+            Err(error) if matches!(error, ApiError::DatabaseUnavailable(_)) => return fail(pending, &error),
+            Err(error) if take > 1 => {
+                tracing::warn!(%error, writes = take, "a counter batch failed; its writes go again one by one");
+                alone = true;
+            }
+            Err(error) => pending.remove(0).answer(Err(error)),
         }
     }
+    for job in held {
+        let claim = job.input.claim.as_ref().expect("only keyed writes are held");
+        let replayed = idempotency::held_elsewhere(pool, claim).await;
+        job.answer(replayed);
+    }
+}
+
+/// Every write left gets the error of a failure that belongs to all (the database is down).
+fn fail(jobs: Vec<Job>, error: &ApiError) {
+    tracing::warn!(%error, writes = jobs.len(), "a counter batch failed; every write in it gets the error");
+    jobs.into_iter().for_each(|job| job.answer(Err(error.copy())));
 }

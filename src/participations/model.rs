@@ -5,7 +5,7 @@ use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::Number;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -85,19 +85,32 @@ impl Delta {
     }
 }
 
-fn invalid(error: FieldError) -> ApiError {
-    ApiError::Validation(vec![error])
+impl Delta {
+    /// The 422 of a write that would take `column` past what it holds: it names the request
+    /// field that carried the amount, or for a click (which carries none) the counter itself.
+    pub fn overflow(&self, column: &str) -> ApiError {
+        let field = match (self.kind, column) {
+            ("impressions", "estimated_earnings") => "cost",
+            ("impressions", _) => "count",
+            ("earnings", _) => "amount",
+            ("viewer_sample", _) => "viewer_count",
+            _ => column,
+        };
+        let limit = if column == "estimated_earnings" { "99999999999999.999999" } else { "9223372036854775807" };
+        ApiError::invalid(field, format!("would take {column} past {limit}, the most it can hold; nothing was counted"))
+    }
 }
 
-/// A whole number in `min..`; a JSON number that is not one is a 422.
-fn whole_number(field: &str, value: &Value, min: i64) -> Result<i64, ApiError> {
-    match value {
-        Value::Number(n) => match n.as_i64() {
-            Some(v) if v >= min => Ok(v),
-            Some(_) => Err(ApiError::invalid(field, format!("must be at least {min}"))),
-            None => Err(ApiError::invalid(field, "must be a whole number")),
-        },
-        _ => Err(ApiError::Malformed { detail: format!("{field}: must be a number"), field: Some(field.into()) }),
+/// A whole number in `min..`; a JSON number that is not one is a 422. (A value that is not a
+/// JSON number never gets here: the extractor refuses it as the wrong type.)
+fn whole_number(field: &str, value: &Number, min: i64) -> Result<i64, ApiError> {
+    match value.as_i64() {
+        Some(v) if v >= min => Ok(v),
+        Some(_) => Err(ApiError::invalid(field, format!("must be at least {min}"))),
+        None if value.to_string().bytes().all(|b| b.is_ascii_digit()) => {
+            Err(ApiError::invalid(field, "is too large: at most 9223372036854775807"))
+        }
+        None => Err(ApiError::invalid(field, "must be a whole number")),
     }
 }
 
@@ -125,16 +138,16 @@ impl CreateBody {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ImpressionsBody {
     #[schema(value_type = Option<i64>, minimum = 1)]
-    count: Option<Value>,
+    count: Option<Number>,
     /// A number or a decimal string, at most six fractional digits.
     #[schema(value_type = Option<String>)]
-    cost: Option<Value>,
+    cost: Option<Money>,
 }
 
 impl ImpressionsBody {
     pub fn delta(self) -> Result<Delta, ApiError> {
         let count = self.count.map_or(Ok(1), |v| whole_number("count", &v, 1))?;
-        let cost = self.cost.map_or(Ok(Money::zero()), |v| Money::parse("cost", &v).map_err(invalid))?;
+        let cost = self.cost.unwrap_or_default();
         if cost.is_negative() {
             return Err(ApiError::invalid("cost", "must not be negative"));
         }
@@ -164,7 +177,7 @@ impl ClickBody {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ViewerSampleBody {
     #[schema(value_type = i64, minimum = 0)]
-    viewer_count: Option<Value>,
+    viewer_count: Option<Number>,
 }
 
 impl ViewerSampleBody {
@@ -179,13 +192,12 @@ impl ViewerSampleBody {
 pub struct EarningsBody {
     /// A number or a decimal string, at most six fractional digits.
     #[schema(value_type = String)]
-    amount: Option<Value>,
+    amount: Option<Money>,
 }
 
 impl EarningsBody {
     pub fn delta(self) -> Result<Delta, ApiError> {
-        let value = self.amount.ok_or_else(|| ApiError::invalid("amount", "is required"))?;
-        let amount = Money::parse("amount", &value).map_err(invalid)?;
+        let amount = self.amount.ok_or_else(|| ApiError::invalid("amount", "is required"))?;
         if !amount.is_positive() {
             return Err(ApiError::invalid("amount", "must be greater than 0"));
         }

@@ -279,7 +279,8 @@ pub async fn make_qr_code(
     let current = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
     let url = format!("{}{}", overlay_base(&state), current.browser_source_token);
     let image = qr::png(&url)?;
-    let image_url = format!("{}/api/participations/{id}/qr-code.png", state.public_base_url);
+    // The overlay holds only its token: the image it shows is served by token, publicly.
+    let image_url = format!("{url}/qr-code.png");
     let mut conn = writer.begin().await?;
     let result = store::set_qr_code(&mut conn, id, &image, &url, &image_url).await;
     writer.finish(conn, result.and_then(updated)).await
@@ -299,7 +300,11 @@ pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) ->
     let png = store::qr_code_png(&mut *state.conn().await?, path_id(&path)?)
         .await?
         .ok_or_else(|| ApiError::NotFound("no QR code has been made for this participation".into()))?;
-    Ok(HttpResponse::build(StatusCode::OK).content_type("image/png").body(png))
+    Ok(png_response(png))
+}
+
+fn png_response(png: Vec<u8>) -> HttpResponse {
+    HttpResponse::build(StatusCode::OK).content_type("image/png").body(png)
 }
 
 #[utoipa::path(
@@ -317,4 +322,23 @@ pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> Api
         .await?
         .ok_or_else(|| ApiError::NotFound("unknown browser source token".into()))?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/overlay/{token}/qr-code.png",
+    tag = "participations",
+    description = "The QR image of the participation that holds this browser source token, as its overlay shows \
+                   it: public like the overlay (no bearer token), and what `qr_code_url` points at.",
+    params(("token" = String, Path)),
+    responses(
+        (status = 200, description = "PNG image", content_type = "image/png"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn overlay_qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let png = store::overlay_qr_code_png(&mut *state.conn().await?, &path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("unknown browser source token, or no QR code made for it yet".into()))?;
+    Ok(png_response(png))
 }

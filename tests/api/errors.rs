@@ -94,8 +94,8 @@ async fn bad_requests_get_problem_documents_with_stable_codes() {
             "POST",
             "/api/save-analysis",
             Json(json!({"session_id": "s", "analysis": [1]})),
-            422,
-            "validation_failed",
+            400,
+            "malformed_request",
             Some("analysis"),
         ),
         case(
@@ -211,8 +211,8 @@ async fn bad_requests_get_problem_documents_with_stable_codes() {
             "POST",
             "/api/conversations/s/messages",
             Json(json!({"messages": [{"id": "x", "role": "user", "text": "t"}]})),
-            400,
-            "malformed_request",
+            422,
+            "validation_failed",
             Some("messages[0].id"),
         ),
         case(
@@ -302,4 +302,90 @@ async fn bad_requests_get_problem_documents_with_stable_codes() {
         }
     }
     assert_eq!(app.count("SELECT count(*) FROM conversations").await, 0, "no bad request wrote anything");
+}
+
+/// API.md §1 for every JSON field of every route: a value of the wrong JSON type is 400
+/// `malformed_request`, one of the right type that is not valid is 422 `validation_failed`, each
+/// naming the field; neither writes anything.
+#[tokio::test]
+async fn every_json_field_is_400_for_the_wrong_type_and_422_for_a_bad_value() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.create_conversation(json!({"session_id": "rules"})).await.status(), 201);
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let p = |route: &str| format!("/api/participations/{id}/{route}");
+    let m = "/api/conversations/rules/messages".to_owned();
+    let message = |field: &str, value: serde_json::Value| {
+        let mut one = json!({"role": "user", "text": "t"});
+        one[field] = value;
+        json!({"messages": [one]})
+    };
+    let long = "x".repeat(300);
+    let s = |path: &str| path.to_owned();
+    let table: Vec<(String, serde_json::Value, u16, &str)> = vec![
+        (s("/api/conversations"), json!({"session_id": 5}), 400, "session_id"),
+        (s("/api/conversations"), json!({"session_id": "no spaces"}), 422, "session_id"),
+        (s("/api/conversations"), json!({"user_id": []}), 400, "user_id"),
+        (s("/api/conversations"), json!({"user_id": long}), 422, "user_id"),
+        (s("/api/conversations"), json!({"language": true}), 400, "language"),
+        (s("/api/conversations"), json!({"language": long}), 422, "language"),
+        (s("/api/save-analysis"), json!({"session_id": {}}), 400, "session_id"),
+        (s("/api/save-analysis"), json!({"session_id": "no spaces"}), 422, "session_id"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "transcript": 1}), 400, "transcript"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "transcript": "a\u{0}"}), 422, "transcript"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "analysis": 5}), 400, "analysis"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "analysis": "text"}), 400, "analysis"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "analysis": [1]}), 400, "analysis"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "analysis": {"k": "\u{0}"}}), 422, "analysis.k"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "language": 7}), 400, "language"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "language": long}), 422, "language"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "user_id": 7}), 400, "user_id"),
+        (s("/api/save-analysis"), json!({"session_id": "rules", "user_id": long}), 422, "user_id"),
+        (m.clone(), json!({"messages": {}}), 400, "messages"),
+        (m.clone(), json!({"messages": []}), 422, "messages"),
+        (m.clone(), json!({"messages": [5]}), 400, "messages[0]"),
+        (m.clone(), message("role", json!(1)), 400, "messages[0].role"),
+        (m.clone(), message("role", json!("cat")), 422, "messages[0].role"),
+        (m.clone(), message("text", json!(5)), 400, "messages[0].text"),
+        (m.clone(), message("text", json!("a\u{0}")), 422, "messages[0].text"),
+        (m.clone(), message("id", json!(5)), 400, "messages[0].id"),
+        (m.clone(), message("id", json!("not-a-uuid")), 422, "messages[0].id"),
+        (m.clone(), message("audio_id", json!(false)), 400, "messages[0].audio_id"),
+        (m.clone(), message("audio_id", json!("not-a-uuid")), 422, "messages[0].audio_id"),
+        (m.clone(), message("translation", json!(1)), 400, "messages[0].translation"),
+        (m.clone(), message("translation", json!("a\u{0}")), 422, "messages[0].translation"),
+        (m.clone(), message("grammar_suggestion", json!([])), 400, "messages[0].grammar_suggestion"),
+        (m.clone(), message("grammar_suggestion", json!("\u{0}")), 422, "messages[0].grammar_suggestion"),
+        (m.clone(), message("phonemes", json!({"\u{0}": 1})), 422, "messages[0].phonemes"),
+        (m.clone(), message("feedback", serde_json::from_str("[1e200000]").unwrap()), 422, "messages[0].feedback[0]"),
+        (s("/api/chats"), json!({"participants": "a"}), 400, "participants"),
+        (s("/api/chats"), json!({"participants": ["a"]}), 422, "participants"),
+        (s("/api/chats"), json!({"participants": ["a", 2]}), 400, "participants[1]"),
+        (s("/api/chats"), json!({"participants": ["a", "b,c"]}), 422, "participants[1]"),
+        (s("/api/participations"), json!({"campaign_id": 7, "streamer_id": "s"}), 400, "campaign_id"),
+        (s("/api/participations"), json!({"campaign_id": "c,d", "streamer_id": "s"}), 422, "campaign_id"),
+        (s("/api/participations"), json!({"campaign_id": "c", "streamer_id": ["s"]}), 400, "streamer_id"),
+        (s("/api/participations"), json!({"campaign_id": "c", "streamer_id": ""}), 422, "streamer_id"),
+        (p("impressions"), json!({"count": "5"}), 400, "count"),
+        (p("impressions"), json!({"count": 0}), 422, "count"),
+        (p("impressions"), json!({"cost": true}), 400, "cost"),
+        (p("impressions"), json!({"cost": "lots"}), 422, "cost"),
+        (p("clicks"), json!({"type": 1}), 400, "type"),
+        (p("clicks"), json!({"type": "telepathy"}), 422, "type"),
+        (p("viewer-samples"), json!({"viewer_count": "many"}), 400, "viewer_count"),
+        (p("viewer-samples"), json!({"viewer_count": -1}), 422, "viewer_count"),
+        (p("earnings"), json!({"amount": [1]}), 400, "amount"),
+        (p("earnings"), json!({"amount": "0"}), 422, "amount"),
+        (p("chat-command"), json!({"command": 5}), 400, "command"),
+        (p("chat-command"), json!({"command": ""}), 422, "command"),
+    ];
+    for (path, body, status, field) in &table {
+        let code = if *status == 400 { "malformed_request" } else { "validation_failed" };
+        let response = app.post_json(path, body).await;
+        let problem = assert_problem(response, *status, code).await;
+        assert_eq!(problem["errors"][0]["field"], *field, "{path} {body}: {problem}");
+    }
+    let written = app.count("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM chats)").await;
+    assert_eq!(written, 0, "no refused request wrote anything");
+    assert_eq!(app.count("SELECT count(*) FROM participation_events").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
 }

@@ -6,6 +6,7 @@ mod chats;
 mod cluster;
 mod conversations;
 mod errors;
+mod exact;
 mod helpers;
 mod hostile;
 mod idempotency;

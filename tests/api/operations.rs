@@ -18,8 +18,40 @@ async fn with_api_tokens_every_api_route_but_the_overlay_needs_one() {
     assert_problem(app.get("/api/conversations").await, 401, "unauthorized").await;
     let right = app.client.post(app.url("/api/chats")).bearer_auth("beta").json(&chat).send().await.unwrap();
     assert_eq!(right.status(), 201);
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let credentials = format!("{scheme} alpha");
+        let response = app.client.get(app.url("/api/conversations")).header("authorization", credentials).send();
+        assert_eq!(response.await.unwrap().status(), 200, "the scheme {scheme} is Bearer (RFC 9110 §11.1)");
+    }
+    let padded = app.client.get(app.url("/api/conversations")).header("authorization", "Bearer alpha x").send();
+    assert_eq!(padded.await.unwrap().status(), 401, "the token is matched exactly");
     assert_problem(app.get(&format!("/api/overlay/{}", "a".repeat(64))).await, 404, "not_found").await;
     assert_eq!(app.get("/healthz").await.status(), 200, "health is not behind auth");
+
+    // An overlay holds only its browser source token: its QR image is served by that token,
+    // without an API token, and the authenticated route by id still works.
+    let made = app.client.post(app.url("/api/participations")).bearer_auth("alpha");
+    let made: serde_json::Value =
+        made.json(&json!({"campaign_id": "c", "streamer_id": "s"})).send().await.unwrap().json().await.unwrap();
+    let id = made["id"].as_str().unwrap();
+    let qr = app.client.post(app.url(&format!("/api/participations/{id}/qr-code"))).bearer_auth("alpha");
+    let qr: serde_json::Value = qr.json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let token = made["browser_source_token"].as_str().unwrap();
+    let image_url = qr["qr_code_url"].as_str().unwrap();
+    let image_path = format!("/api/overlay/{token}/qr-code.png");
+    assert!(image_url.ends_with(&image_path), "qr_code_url points at the public image: {image_url}");
+    let public = app.get(&image_path).await;
+    assert_eq!((public.status().as_u16(), public.headers()["content-type"].to_str().unwrap()), (200, "image/png"));
+    let public = public.bytes().await.unwrap();
+    assert_eq!(&public[..4], b"\x89PNG");
+    let by_id = app.client.get(app.url(&format!("/api/participations/{id}/qr-code.png"))).bearer_auth("beta");
+    assert_eq!(by_id.send().await.unwrap().bytes().await.unwrap(), public, "the same image by id, with a token");
+    let without = app.get(&format!("/api/participations/{id}/qr-code.png")).await;
+    assert_problem(without, 401, "unauthorized").await;
+    let overlay: serde_json::Value = app.get(&format!("/api/overlay/{token}")).await.json().await.unwrap();
+    assert_eq!(overlay["qr_code_url"].as_str(), Some(image_url));
+    assert_problem(app.get(&format!("/api/overlay/{}/qr-code.png", "0".repeat(64))).await, 404, "not_found").await;
+
     assert_eq!(app.count("SELECT count(*) FROM chats").await, 1, "rejected requests wrote nothing");
 
     // Keys are scoped by token: two callers may pick the same key without colliding.

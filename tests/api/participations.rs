@@ -3,7 +3,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 
 /// Every counter equals the sum of its ledger rows.
-async fn assert_ledger_matches(app: &TestApp) {
+pub async fn assert_ledger_matches(app: &TestApp) {
     let mismatches = app
         .count(
             "SELECT count(*) FROM participations p,
