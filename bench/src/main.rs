@@ -162,7 +162,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => server::build(&repo)?,
     };
     let server = server::Server::start(&binary, args.database_url.as_deref(), &out_dir)?;
-    eprintln!("bench: upsertd pid {} on http://{}; database {}", server.pid(), server.addr, server.conninfo);
+    let shown = server.conninfo.split(" password=").next().unwrap_or_default();
+    eprintln!("bench: upsertd pid {} on http://{}; database {shown}", server.pid(), server.addr);
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let mut ctx = Ctx {
         addr: server.addr,

@@ -13,6 +13,8 @@ pub struct Money(Decimal);
 
 impl Money {
     pub const SCALE: u32 = 6;
+    /// What `numeric(20, 6)` holds: 14 digits before the point, so every amount is below 10^14.
+    pub const LIMIT: Decimal = Decimal::from_parts(276_447_232, 23_283, 0, false, 0);
 
     pub fn parse(field: &str, value: &Value) -> Result<Self, FieldError> {
         let text = match value {
@@ -26,7 +28,7 @@ impl Money {
         if amount.normalize().scale() > Self::SCALE {
             return Err(FieldError::new(field, "may have at most 6 fractional digits"));
         }
-        if amount.abs() >= Decimal::from(100_000_000_000_000_i64) {
+        if amount.abs() >= Self::LIMIT {
             return Err(FieldError::new(field, "is too large"));
         }
         Ok(Self(amount))
@@ -99,6 +101,11 @@ mod tests {
         let total = (0..300).fold(Decimal::ZERO, |sum, _| sum + cent.decimal());
         assert_eq!(Money::from(total).to_string(), "3.000000");
         assert_eq!(Money::parse("cost", &json!("12.5")).unwrap().to_string(), "12.500000");
+    }
+
+    #[test]
+    fn the_limit_is_ten_to_the_fourteen() {
+        assert_eq!(Money::LIMIT, Decimal::from(100_000_000_000_000_i64));
     }
 
     #[test]

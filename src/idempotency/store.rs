@@ -113,7 +113,7 @@ pub async fn claim_many(
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
         r#"SELECT k.fingerprint, k.response_status, k.response_headers, k.response_body,
-                  a.participation || coalesce(k.response_row_patch, '{}') AS "response_row?",
+                  a.participation AS "response_row?", k.response_row_patch,
                   extract(epoch FROM greatest(k.locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
            FROM idempotency_keys k LEFT JOIN idempotency_answer_rows a ON a.id = k.response_row_id
            WHERE k.scope = $1 AND k.method = $2 AND k.path = $3 AND k.key = $4"#,
@@ -138,7 +138,8 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
             body,
         })),
         (Some(_), _, _, Some(recorded)) => {
-            Ok(Claimed::Replay(crate::participations::batcher::recorded_answer(pool, recorded).await?))
+            let patch = row.response_row_patch;
+            Ok(Claimed::Replay(crate::participations::batcher::recorded_answer(pool, recorded, patch).await?))
         }
         _ => Ok(Claimed::InFlight(Duration::from_secs_f64(row.remaining_secs.max(0.0)))),
     }

@@ -5,16 +5,17 @@
 //! every `UPDATE ... SET clicks = clicks + 1` waits for the row lock of the one before, and each
 //! holds it through a WAL flush. Here the first write for a row goes out at once; writes that
 //! arrive meanwhile queue, and when it commits, the whole queue goes out as one statement (the
-//! `UPDATE` by the sums, one ledger row per write). Each request is answered
-//! only after the commit that holds its write, with the row as that commit left it.
+//! `UPDATE` by the sums, one ledger row per write). Each request is answered only after the
+//! commit that holds its write, with the row as its own write left it: the writes of a batch
+//! run as if one after another, so concurrent clicks are answered 1, 2, 3, ... each once.
 //!
 //! Keyed requests stay exactly-once, in one stage: their keys are not claimed before the
 //! handler (as for other routes) but by the batch's statement itself, which applies the deltas
-//! and records each key with the row it left - claim, effect and record together. A key
+//! and records each key with its answer - claim, effect and record together. A key
 //! already held (a retry) fails that statement; the batch runs again without it, and the key is
 //! answered from its record.
 
-use super::model::{Delta, Participation};
+use super::model::{Delta, Participation, Prefix};
 use super::store::{Applied, KeyHeld};
 use super::{not_found, store};
 use crate::coalesce::{self, Lanes};
@@ -22,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
 use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A counter write and the idempotency claim it carries, if any.
@@ -30,13 +32,22 @@ struct Write {
     claim: Option<Claim>,
 }
 
-type Job = coalesce::Job<Write, ApiResult<Reply>>;
+/// What a batch tells each of its writes. The write's own request renders its answer from
+/// it, on its own worker: the lane's drain, which the next batch waits for, does not.
+enum Told {
+    /// Applied: the row before the batch, and the batch's sums up to this write.
+    Counted(Arc<Participation>, Prefix),
+    /// Its key is held by an earlier request (a retry): answered from that request's record.
+    Held(Claim),
+}
+
+type Job = coalesce::Job<Write, ApiResult<Told>>;
 
 /// One lane per participation, one batch in flight each: a batch waits for the row lock of
 /// the one before it anyway.
 #[derive(Clone)]
 pub struct Batcher {
-    lanes: Lanes<Uuid, Write, ApiResult<Reply>>,
+    lanes: Lanes<Uuid, Write, ApiResult<Told>>,
 }
 
 impl Default for Batcher {
@@ -55,13 +66,20 @@ impl Batcher {
         delta: Delta,
         claim: Option<Claim>,
     ) -> ApiResult<Reply> {
-        let pool = pool.clone();
+        let lane_pool = pool.clone();
         let run = move |jobs| {
-            let pool = pool.clone();
+            let pool = lane_pool.clone();
             async move { run(&pool, config, id, jobs).await }
         };
+        let write = Write { delta, claim };
         // Only a worker stopping mid-batch drops it (its statement rolls back): retry elsewhere.
-        self.lanes.submit(id, Write { delta, claim }, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
+        match self.lanes.submit(id, write, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))? {
+            Told::Counted(before, prefix) => {
+                crate::ops::metrics::upsert("participation", Outcome::Updated.as_str());
+                Ok(answer(&before.after(&prefix)))
+            }
+            Told::Held(claim) => idempotency::held_elsewhere(pool, &claim).await,
+        }
     }
 }
 
@@ -70,10 +88,23 @@ fn answer(participation: &Participation) -> Reply {
     Reply::resource(Outcome::Updated, participation, || participation.location())
 }
 
-/// The answer a record of a counter write stands for (its answer row, see [`store::apply`]):
-/// rendered from the row as the live answer was, so a replay repeats its bytes.
-pub async fn recorded_answer(pool: &PgPool, row: serde_json::Value) -> ApiResult<StoredResponse> {
-    let participation = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;
+/// The answer a record of a counter write stands for: its batch's row before the batch and
+/// the write's prefix (see [`store::apply`]), rendered as the live answer was, so a replay
+/// repeats its bytes. Records written before migration 17 have no prefix: their row is the
+/// answer.
+pub async fn recorded_answer(
+    pool: &PgPool,
+    row: serde_json::Value,
+    prefix: Option<serde_json::Value>,
+) -> ApiResult<StoredResponse> {
+    let recorded = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;
+    let participation = match prefix {
+        Some(prefix) => {
+            let prefix: Prefix = serde_json::from_value(prefix).map_err(anyhow::Error::new)?;
+            recorded.after(&prefix)
+        }
+        None => recorded,
+    };
     Ok(StoredResponse::from(&answer(&participation)))
 }
 
@@ -104,28 +135,47 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
     };
     let mut held: Vec<Job> = Vec::new();
     let (mut alone, mut freed_only) = (false, false);
+    // After a batch that would overflow: how many of its writes fit, which go next.
+    let mut fitting = usize::MAX;
     while !pending.is_empty() {
-        let take = if alone { 1 } else { pending.len() };
+        let limit = if alone { 1 } else { pending.len() }.min(fitting);
+        // A write whose running sum would not even fit in i64 goes in a later statement, where
+        // it is judged against the row as the writes before it left it.
+        let prefixes = Prefix::running(pending[..limit].iter().map(|job| &job.input.delta));
+        let take = prefixes.len();
         let deltas: Vec<&Delta> = pending[..take].iter().map(|job| &job.input.delta).collect();
         let claims: Vec<(usize, &Claim)> =
             pending[..take].iter().enumerate().filter_map(|(n, job)| Some((n, job.input.claim.as_ref()?))).collect();
-        match store::apply(&mut conn, id, &deltas, &claims, config).await {
+        match store::apply(&mut conn, id, &deltas, &prefixes, &claims, config).await {
             // Unknown id: nothing was written; the guard records the 404 of each key like any 4xx.
             Ok(Ok(Applied::Unknown)) => pending.drain(..).for_each(|job| job.answer(Err(not_found()))),
-            Ok(Ok(Applied::Rows { answers, refused })) => {
-                let mut done = pending.drain(..answers.len() + usize::from(refused.is_some()));
-                // The answers go first in the zip: it stops at their end without taking the
-                // refused job from `done`.
-                for (row, job) in answers.iter().zip(done.by_ref()) {
+            Ok(Ok(Applied::Rows { before, applied: true })) => {
+                fitting = usize::MAX;
+                let before: Arc<Participation> = Arc::from(before);
+                for (job, prefix) in pending.drain(..take).zip(prefixes) {
                     if let Some(claim) = &job.input.claim {
                         claim.mark_completed();
                     }
-                    crate::ops::metrics::upsert("participation", Outcome::Updated.as_str());
-                    job.answer(Ok(answer(row)));
+                    job.answer(Ok(Told::Counted(before.clone(), prefix)));
                 }
-                if let (Some(job), Some(column)) = (done.next(), refused) {
-                    let error = job.input.delta.overflow(&column);
-                    job.answer(Err(error));
+            }
+            // Nothing was written: the writes before the first that overflows the locked row
+            // go next; that one, once first in line, is refused.
+            Ok(Ok(Applied::Rows { before, applied: false })) => {
+                let first = prefixes.iter().position(|prefix| before.overflow(prefix).is_some());
+                match first {
+                    Some(0) => {
+                        let job = pending.remove(0);
+                        let column = before.overflow(&prefixes[0]).expect("it overflows");
+                        let refused = job.input.delta.overflow(column);
+                        job.answer(Err(refused));
+                    }
+                    Some(fit) => fitting = fit,
+                    None => {
+                        let bug =
+                            anyhow::anyhow!("the statement found an overflow that Participation::overflow does not");
+                        return fail(pending, &ApiError::Internal(bug));
+                    }
                 }
             }
             Ok(Err(KeyHeld)) => {
@@ -156,10 +206,9 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
             Err(error) => pending.remove(0).answer(Err(error)),
         }
     }
-    for job in held {
-        let claim = job.input.claim.as_ref().expect("only keyed writes are held");
-        let replayed = idempotency::held_elsewhere(pool, claim).await;
-        job.answer(replayed);
+    for mut job in held {
+        let claim = job.input.claim.take().expect("only a keyed write is held");
+        job.answer(Ok(Told::Held(claim)));
     }
 }
 

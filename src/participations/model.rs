@@ -85,6 +85,112 @@ impl Delta {
     }
 }
 
+/// The running sums of a batch's writes up to and including one of them: what that write's
+/// answer adds to the row as it was before the batch ([`Participation::after`]). It is also
+/// what a keyed write's record keeps (`response_row_patch`), so zeros are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prefix {
+    #[serde(skip_serializing_if = "is_zero")]
+    pub impressions: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clicks: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub chat_clicks: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub qr_scans: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub link_clicks: i64,
+    #[serde(skip_serializing_if = "Decimal::is_zero")]
+    pub earnings: Decimal,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub samples: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub viewers: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<i64>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl Prefix {
+    /// The running sums of `deltas`, one per delta, as far as they fit in `i64`: a delta
+    /// whose sum would not fit is left out with every delta after it. (The first always fits:
+    /// it is one delta.)
+    pub fn running<'a>(deltas: impl IntoIterator<Item = &'a Delta>) -> Vec<Prefix> {
+        let mut sums: Vec<Prefix> = Vec::new();
+        for delta in deltas {
+            let last = sums.last().cloned().unwrap_or_default();
+            let Some(next) = last.then(delta) else { break };
+            sums.push(next);
+        }
+        sums
+    }
+
+    fn then(&self, d: &Delta) -> Option<Prefix> {
+        Some(Prefix {
+            impressions: self.impressions.checked_add(d.impressions)?,
+            clicks: self.clicks.checked_add(d.clicks)?,
+            chat_clicks: self.chat_clicks.checked_add(d.chat_clicks)?,
+            qr_scans: self.qr_scans.checked_add(d.qr_scans)?,
+            link_clicks: self.link_clicks.checked_add(d.link_clicks)?,
+            earnings: self.earnings.checked_add(d.earnings)?,
+            samples: self.samples + i64::from(d.viewer_count.is_some()),
+            viewers: self.viewers.checked_add(d.viewer_count.unwrap_or(0))?,
+            peak: self.peak.max(d.viewer_count),
+        })
+    }
+}
+
+impl Participation {
+    /// The first column the writes summed in `prefix` would take past what it holds, from
+    /// this row. The statement that applies them checks the same in SQL, which decides; this
+    /// finds which write, and which column, to refuse.
+    pub fn overflow(&self, prefix: &Prefix) -> Option<&'static str> {
+        let full = |stored: i64, added: i64| stored.checked_add(added).is_none();
+        [
+            (full(self.impressions, prefix.impressions), "impressions"),
+            (full(self.clicks, prefix.clicks), "clicks"),
+            (full(self.chat_clicks, prefix.chat_clicks), "chat_clicks"),
+            (full(self.qr_scans, prefix.qr_scans), "qr_scans"),
+            (full(self.link_clicks, prefix.link_clicks), "link_clicks"),
+            (full(self.viewer_samples, prefix.samples), "viewer_samples"),
+            (full(self.viewer_count_total, prefix.viewers), "viewer_count_total"),
+            (self.estimated_earnings + prefix.earnings >= Money::LIMIT, "estimated_earnings"),
+        ]
+        .into_iter()
+        .find_map(|(over, column)| over.then_some(column))
+    }
+
+    /// The row as the writes summed in `prefix` left it, from the row before them. The mean is
+    /// `total / samples` of two exact integers, as the `UPDATE` computes it
+    /// (`participations::store::apply`), so the last write's answer is the stored row.
+    /// Saturating: the statement refused every write that would not fit.
+    pub fn after(&self, prefix: &Prefix) -> Participation {
+        let samples = self.viewer_samples.saturating_add(prefix.samples);
+        let viewer_count_total = self.viewer_count_total.saturating_add(prefix.viewers);
+        Participation {
+            impressions: self.impressions.saturating_add(prefix.impressions),
+            clicks: self.clicks.saturating_add(prefix.clicks),
+            chat_clicks: self.chat_clicks.saturating_add(prefix.chat_clicks),
+            qr_scans: self.qr_scans.saturating_add(prefix.qr_scans),
+            link_clicks: self.link_clicks.saturating_add(prefix.link_clicks),
+            estimated_earnings: self.estimated_earnings + prefix.earnings,
+            viewer_samples: samples,
+            viewer_count_total,
+            avg_viewer_count: if prefix.samples == 0 {
+                self.avg_viewer_count
+            } else {
+                viewer_count_total as f64 / samples as f64
+            },
+            peak_viewer_count: self.peak_viewer_count.max(prefix.peak.unwrap_or(0)),
+            ..self.clone()
+        }
+    }
+}
+
 impl Delta {
     /// The 422 of a write that would take `column` past what it holds: it names the request
     /// field that carried the amount, or for a click (which carries none) the counter itself.

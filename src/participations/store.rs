@@ -1,6 +1,6 @@
 //! All SQL of participations and their ledger.
 
-use super::model::{Delta, Overlay, Participation};
+use super::model::{Delta, Overlay, Participation, Prefix};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
@@ -66,31 +66,30 @@ pub struct KeyHeld;
 pub enum Applied {
     /// No such participation: nothing was written.
     Unknown,
-    /// The first `answers.len()` writes were applied, in order, each answered with the row as
-    /// it left it. `refused`: the write after them would have taken this column past what it
-    /// holds; neither it nor any later write was applied.
-    Rows { answers: Vec<Participation>, refused: Option<String> },
+    /// `before`: the row as it was before the batch, stamped with the statement's
+    /// `updated_at`. `applied`: every write was applied, in order, and each write's answer is
+    /// `before.after(its prefix)`. Not applied: the batch would take a column past what it
+    /// holds, and nothing was written (`before.overflow` finds the first write that does).
+    Rows { before: Box<Participation>, applied: bool },
 }
 
 /// Applies counter writes - one, or several that arrived together for this participation -
 /// and records the answer of each keyed one, in one autocommit statement.
 ///
-/// The writes run as if one after another, in the order given: the row is locked and read,
-/// and each write's row is the row before the batch plus the running sums (count, mean and
-/// maximum for viewer samples) of the writes up to it, computed in `numeric`, which cannot
-/// overflow. The first write that would take a column past what it holds is refused: it and
-/// the writes after it are left out, and the caller sends the later ones again. The `UPDATE`
-/// sets the last applied write's row, one ledger row per applied write is appended in order,
-/// and one `idempotency_keys` record per applied claim is inserted. The records share one
-/// `idempotency_answer_rows` row (the batch's) and each keeps the columns in which its own
-/// answer differs from it (`response_row_patch`). Effect and records commit together or not at
-/// all, so a crash leaves no claim behind. Each write's answer has the same `updated_at`: the
-/// statement's `now()`, which the `UPDATE` writes.
+/// The writes run as if one after another, in the order given; `prefixes` are their running
+/// sums ([`Prefix::running`], one per delta, the last one the batch's total). The statement
+/// locks and reads the row and applies the batch only if its total fits every column (the
+/// deltas are never negative, so then every prefix fits too): the `UPDATE` by the total, one
+/// ledger row per write, in order, and one `idempotency_keys` record per claim. The records
+/// share one `idempotency_answer_rows` row, the row before the batch stamped with the
+/// statement's time, and each keeps its write's prefix (`response_row_patch`), from which its
+/// answer is rendered as the live one was. Effect and records commit together or not at all,
+/// so a crash leaves no claim behind.
 ///
-/// `claims` pairs each claim with the index of its write in `deltas`. The records are plain
-/// inserts: a key that already has one (a retry) fails the whole statement, and the caller
-/// learns it as [`KeyHeld`]. They are inserted in key order, so two processes inserting the
-/// same keys wait for each other in one order, never a deadlock.
+/// `claims` pairs each claim with the index of its write. The records are plain inserts: a
+/// key that already has one (a retry) fails the whole statement, and the caller learns it as
+/// [`KeyHeld`]. They are inserted in key order, so two processes inserting the same keys wait
+/// for each other in one order, never a deadlock.
 ///
 /// The mean viewer count is `total / samples` of two exact integers, so samples arriving
 /// concurrently give the same mean as the same samples in any order.
@@ -98,121 +97,89 @@ pub async fn apply(
     conn: &mut PgConnection,
     id: Uuid,
     deltas: &[&Delta],
+    prefixes: &[Prefix],
     claims: &[(usize, &Claim)],
     config: IdempotencyConfig,
 ) -> ApiResult<Result<Applied, KeyHeld>> {
+    debug_assert_eq!(deltas.len(), prefixes.len(), "one prefix per write");
     let column = |f: fn(&Delta) -> i64| deltas.iter().map(|d| f(d)).collect::<Vec<_>>();
     let kinds: Vec<&str> = deltas.iter().map(|d| d.kind).collect();
     let earnings: Vec<Decimal> = deltas.iter().map(|d| d.earnings).collect();
     let viewers: Vec<Option<i64>> = deltas.iter().map(|d| d.viewer_count).collect();
     let keys = ClaimColumns::of(&claims.iter().map(|(_, claim)| *claim).collect::<Vec<_>>());
-    // Ordinals start at 1, as `WITH ORDINALITY` counts.
-    let claim_writes: Vec<i64> = claims.iter().map(|(write, _)| *write as i64 + 1).collect();
-    let steps = sqlx::query!(
+    let patches: Vec<serde_json::Value> =
+        claims.iter().map(|(write, _)| serde_json::to_value(&prefixes[*write]).expect("a prefix serialises")).collect();
+    let total = prefixes.last().cloned().unwrap_or_default();
+    let row = sqlx::query!(
         r#"WITH d AS (
                SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
                                     $8::numeric[], $9::bigint[]) WITH ORDINALITY
                    AS d(kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings, viewer_count, n)
            ), before AS (
                SELECT * FROM participations WHERE id = $1 FOR UPDATE
-           ), run AS (
-               SELECT d.n, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
-                      d.viewer_count,
-                      b.impressions + sum(d.impressions) OVER w AS r_impressions,
-                      b.clicks + sum(d.clicks) OVER w AS r_clicks,
-                      b.chat_clicks + sum(d.chat_clicks) OVER w AS r_chat_clicks,
-                      b.qr_scans + sum(d.qr_scans) OVER w AS r_qr_scans,
-                      b.link_clicks + sum(d.link_clicks) OVER w AS r_link_clicks,
-                      b.estimated_earnings + sum(d.earnings) OVER w AS r_earnings,
-                      b.viewer_samples::numeric + count(d.viewer_count) OVER w AS r_samples,
-                      b.viewer_count_total + coalesce(sum(d.viewer_count) OVER w, 0) AS r_viewers,
-                      CASE WHEN count(d.viewer_count) OVER w = 0 THEN b.avg_viewer_count
-                           ELSE (b.viewer_count_total + coalesce(sum(d.viewer_count) OVER w, 0))::float8
-                                / (b.viewer_samples::numeric + count(d.viewer_count) OVER w)::float8
-                      END AS r_avg,
-                      GREATEST(b.peak_viewer_count, coalesce(max(d.viewer_count) OVER w, 0)) AS r_peak
-               FROM d, before b
-               WINDOW w AS (ORDER BY d.n)
-           ), checked AS (
-               SELECT run.*,
-                      CASE WHEN r_impressions > 9223372036854775807 THEN 'impressions'
-                           WHEN r_clicks > 9223372036854775807 THEN 'clicks'
-                           WHEN r_chat_clicks > 9223372036854775807 THEN 'chat_clicks'
-                           WHEN r_qr_scans > 9223372036854775807 THEN 'qr_scans'
-                           WHEN r_link_clicks > 9223372036854775807 THEN 'link_clicks'
-                           WHEN r_earnings >= 1e14 THEN 'estimated_earnings'
-                           WHEN r_samples > 9223372036854775807 THEN 'viewer_samples'
-                           WHEN r_viewers > 9223372036854775807 THEN 'viewer_count_total'
-                      END AS overflow
-               FROM run
-           ), upto AS (
-               SELECT coalesce(min(n), 9223372036854775807) AS refused FROM checked WHERE overflow IS NOT NULL
-           ), applied AS (
-               SELECT checked.* FROM checked, upto WHERE n < upto.refused
+           ), fits AS (
+               SELECT $18::bigint <= 9223372036854775807 - b.impressions
+                      AND $19::bigint <= 9223372036854775807 - b.clicks
+                      AND $20::bigint <= 9223372036854775807 - b.chat_clicks
+                      AND $21::bigint <= 9223372036854775807 - b.qr_scans
+                      AND $22::bigint <= 9223372036854775807 - b.link_clicks
+                      AND $24::bigint <= 9223372036854775807 - b.viewer_samples
+                      AND $25::bigint <= 9223372036854775807 - b.viewer_count_total
+                      AND b.estimated_earnings + $23::numeric < 1e14 AS ok
+               FROM before b
            ), moved AS (
                UPDATE participations p SET
-                   impressions = l.r_impressions, clicks = l.r_clicks, chat_clicks = l.r_chat_clicks,
-                   qr_scans = l.r_qr_scans, link_clicks = l.r_link_clicks, estimated_earnings = l.r_earnings,
-                   viewer_samples = l.r_samples, viewer_count_total = l.r_viewers, avg_viewer_count = l.r_avg,
-                   peak_viewer_count = l.r_peak, updated_at = now()
-               FROM (SELECT * FROM applied ORDER BY n DESC LIMIT 1) l
-               WHERE p.id = $1
-               RETURNING p.*
+                   impressions = p.impressions + $18,
+                   clicks = p.clicks + $19,
+                   chat_clicks = p.chat_clicks + $20,
+                   qr_scans = p.qr_scans + $21,
+                   link_clicks = p.link_clicks + $22,
+                   estimated_earnings = p.estimated_earnings + $23,
+                   viewer_samples = p.viewer_samples + $24,
+                   viewer_count_total = p.viewer_count_total + $25,
+                   avg_viewer_count = CASE WHEN $24 = 0 THEN p.avg_viewer_count
+                                      ELSE (p.viewer_count_total + $25)::float8
+                                           / (p.viewer_samples + $24)::float8 END,
+                   peak_viewer_count = GREATEST(p.peak_viewer_count, coalesce($26::bigint, 0)),
+                   updated_at = now()
+               WHERE p.id = $1 AND (SELECT ok FROM fits)
+               RETURNING p.id
            ), ledger AS (
                INSERT INTO participation_events
                    (participation_id, kind, impressions, clicks, chat_clicks, qr_scans, link_clicks, earnings,
                        viewer_count)
-               SELECT moved.id, a.kind, a.impressions, a.clicks, a.chat_clicks, a.qr_scans, a.link_clicks, a.earnings,
-                      a.viewer_count
-               FROM moved, applied a
-               ORDER BY a.n
-           ), i AS (
-               SELECT * FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[],
-                                    $18::bigint[])
-                   AS i (scope, key, method, path, fingerprint, claim_id, n)
-               WHERE i.n IN (SELECT n FROM applied)
+               SELECT moved.id, d.kind, d.impressions, d.clicks, d.chat_clicks, d.qr_scans, d.link_clicks, d.earnings,
+                      d.viewer_count
+               FROM moved, d
+               ORDER BY d.n
            ), answer AS (
                INSERT INTO idempotency_answer_rows (id, participation, expires_at)
-               SELECT gen_random_uuid(), to_jsonb(moved), now() + make_interval(secs => $16::float8 / 1000)
-               FROM moved
-               WHERE EXISTS (SELECT FROM i)
+               SELECT gen_random_uuid(), to_jsonb(b) || jsonb_build_object('updated_at', now()),
+                      now() + make_interval(secs => $16::float8 / 1000)
+               FROM before b
+               WHERE cardinality($11::text[]) > 0 AND EXISTS (SELECT FROM moved)
                RETURNING id, expires_at
            ), recorded AS (
                INSERT INTO idempotency_keys
                    (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
                     response_status, response_row_id, response_row_patch, completed_at)
                SELECT i.scope, i.key, i.method, i.path, i.fingerprint, i.claim_id, now(), answer.expires_at,
-                      $17::int2, answer.id,
-                      nullif(jsonb_strip_nulls(jsonb_build_object(
-                          'impressions', nullif(a.r_impressions, m.impressions),
-                          'clicks', nullif(a.r_clicks, m.clicks),
-                          'chat_clicks', nullif(a.r_chat_clicks, m.chat_clicks),
-                          'qr_scans', nullif(a.r_qr_scans, m.qr_scans),
-                          'link_clicks', nullif(a.r_link_clicks, m.link_clicks),
-                          'estimated_earnings', nullif(a.r_earnings, m.estimated_earnings),
-                          'viewer_samples', nullif(a.r_samples, m.viewer_samples),
-                          'viewer_count_total', nullif(a.r_viewers, m.viewer_count_total),
-                          'avg_viewer_count', nullif(a.r_avg, m.avg_viewer_count),
-                          'peak_viewer_count', nullif(a.r_peak, m.peak_viewer_count))), '{}'),
-                      now()
-               FROM i JOIN applied a USING (n), answer, moved m
+                      $17::int2, answer.id, i.patch, now()
+               FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[],
+                           $27::jsonb[])
+                        AS i (scope, key, method, path, fingerprint, claim_id, patch),
+                    answer
                ORDER BY i.key, i.path, i.method, i.scope
            )
-           SELECT c.overflow, b.id AS "id!", b.campaign_id AS "campaign_id!", b.streamer_id AS "streamer_id!",
-                  b.browser_source_token AS "browser_source_token!",
-                  CASE WHEN c.overflow IS NULL THEN c.r_impressions::bigint END AS impressions,
-                  CASE WHEN c.overflow IS NULL THEN c.r_clicks::bigint END AS clicks,
-                  CASE WHEN c.overflow IS NULL THEN c.r_chat_clicks::bigint END AS chat_clicks,
-                  CASE WHEN c.overflow IS NULL THEN c.r_qr_scans::bigint END AS qr_scans,
-                  CASE WHEN c.overflow IS NULL THEN c.r_link_clicks::bigint END AS link_clicks,
-                  CASE WHEN c.overflow IS NULL THEN c.r_earnings::numeric(20, 6) END AS estimated_earnings,
-                  CASE WHEN c.overflow IS NULL THEN c.r_samples::bigint END AS viewer_samples,
-                  c.r_avg AS "avg_viewer_count!", c.r_peak AS "peak_viewer_count!", b.qr_code_url, b.tracking_url,
-                  b.chat_command, b.created_at AS "created_at!", now() AS "updated_at!",
-                  CASE WHEN c.overflow IS NULL THEN c.r_viewers::bigint END AS viewer_count_total
-           FROM checked c, before b, upto
-           WHERE c.n <= upto.refused
-           ORDER BY c.n"#,
+           SELECT b.id AS "id!", b.campaign_id AS "campaign_id!", b.streamer_id AS "streamer_id!",
+                  b.browser_source_token AS "browser_source_token!", b.impressions AS "impressions!",
+                  b.clicks AS "clicks!", b.chat_clicks AS "chat_clicks!", b.qr_scans AS "qr_scans!",
+                  b.link_clicks AS "link_clicks!", b.estimated_earnings AS "estimated_earnings!",
+                  b.viewer_samples AS "viewer_samples!", b.avg_viewer_count AS "avg_viewer_count!",
+                  b.peak_viewer_count AS "peak_viewer_count!", b.qr_code_url, b.tracking_url, b.chat_command,
+                  b.created_at AS "created_at!", now() AS "updated_at!",
+                  b.viewer_count_total AS "viewer_count_total!", (SELECT ok FROM fits) AS "applied!"
+           FROM before b"#,
         id,
         &kinds as &[&str],
         &column(|d| d.impressions),
@@ -230,46 +197,46 @@ pub async fn apply(
         &keys.claim_id,
         config.ttl.as_millis() as f64,
         Outcome::Updated.status().as_u16() as i16,
-        &claim_writes,
+        total.impressions,
+        total.clicks,
+        total.chat_clicks,
+        total.qr_scans,
+        total.link_clicks,
+        total.earnings,
+        total.samples,
+        total.viewers,
+        total.peak,
+        &patches,
     )
-    .fetch_all(conn)
+    .fetch_optional(conn)
     .await;
-    let steps = match steps {
+    let row = match row {
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => return Ok(Err(KeyHeld)),
-        steps => steps?,
+        row => row?,
     };
-    if steps.is_empty() {
-        return Ok(Ok(Applied::Unknown));
-    }
-    let mut answers = Vec::with_capacity(steps.len());
-    for step in steps {
-        if step.overflow.is_some() {
-            return Ok(Ok(Applied::Rows { answers, refused: step.overflow }));
-        }
-        let counted = |value: Option<i64>| value.expect("an applied write's counters are set");
-        answers.push(Participation {
-            id: step.id,
-            campaign_id: step.campaign_id,
-            streamer_id: step.streamer_id,
-            browser_source_token: step.browser_source_token,
-            impressions: counted(step.impressions),
-            clicks: counted(step.clicks),
-            chat_clicks: counted(step.chat_clicks),
-            qr_scans: counted(step.qr_scans),
-            link_clicks: counted(step.link_clicks),
-            estimated_earnings: step.estimated_earnings.expect("an applied write's earnings are set"),
-            viewer_samples: counted(step.viewer_samples),
-            avg_viewer_count: step.avg_viewer_count,
-            peak_viewer_count: step.peak_viewer_count,
-            qr_code_url: step.qr_code_url,
-            tracking_url: step.tracking_url,
-            chat_command: step.chat_command,
-            created_at: step.created_at,
-            updated_at: step.updated_at,
-            viewer_count_total: counted(step.viewer_count_total),
-        });
-    }
-    Ok(Ok(Applied::Rows { answers, refused: None }))
+    let Some(row) = row else { return Ok(Ok(Applied::Unknown)) };
+    let before = Box::new(Participation {
+        id: row.id,
+        campaign_id: row.campaign_id,
+        streamer_id: row.streamer_id,
+        browser_source_token: row.browser_source_token,
+        impressions: row.impressions,
+        clicks: row.clicks,
+        chat_clicks: row.chat_clicks,
+        qr_scans: row.qr_scans,
+        link_clicks: row.link_clicks,
+        estimated_earnings: row.estimated_earnings,
+        viewer_samples: row.viewer_samples,
+        avg_viewer_count: row.avg_viewer_count,
+        peak_viewer_count: row.peak_viewer_count,
+        qr_code_url: row.qr_code_url,
+        tracking_url: row.tracking_url,
+        chat_command: row.chat_command,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        viewer_count_total: row.viewer_count_total,
+    });
+    Ok(Ok(Applied::Rows { before, applied: row.applied }))
 }
 
 /// The row an idempotency record points at (`idempotency_answer_rows`, see [`apply`]), typed

@@ -290,3 +290,57 @@ async fn amounts_too_large_for_their_column_are_refused_at_the_edge() {
     let kinds: BTreeSet<String> = ledger(&app, "SELECT kind FROM participation_events").await.into_iter().collect();
     assert_eq!(kinds, BTreeSet::from(["impressions".to_owned()]));
 }
+
+/// The database refuses one write of a coalesced statement for a reason nothing checks before
+/// (here a CHECK added for the test, standing in for any such reason): that write alone gets
+/// the error; the writes that shared its statement are applied and answered as if alone.
+#[tokio::test]
+async fn a_write_the_database_refuses_fails_alone_not_the_writes_coalesced_with_it() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    for refusal in [
+        "ALTER TABLE conversations ADD CONSTRAINT test_refuses CHECK (transcript IS DISTINCT FROM 'refused')",
+        "ALTER TABLE idempotency_keys ADD CONSTRAINT test_refuses CHECK (key <> 'refused')",
+        "ALTER TABLE participation_events ADD CONSTRAINT test_refuses CHECK (earnings <> 0.424242)",
+    ] {
+        sqlx::query(refusal).execute(&app.pool).await.unwrap();
+    }
+    let (n, refused_at) = (150, 75);
+    let answers: Vec<(usize, u16, u16, u16)> = stream::iter(0..n)
+        .map(|i| {
+            let (client, app) = (app.client.clone(), &app);
+            let refused = i == refused_at;
+            let transcript = if refused { "refused".to_owned() } else { format!("t{i}") };
+            let key = if refused { "refused".to_owned() } else { format!("key-{i}") };
+            let cost = if refused { "0.424242" } else { "0.01" };
+            let id = id.clone();
+            async move {
+                let saved = app.save_analysis(json!({"session_id": format!("s-{i}"), "transcript": transcript}));
+                let keyed = client
+                    .post(app.url("/api/conversations"))
+                    .header("idempotency-key", key)
+                    .json(&json!({"session_id": format!("k-{i}")}))
+                    .send();
+                let impressions = format!("/api/participations/{id}/impressions");
+                let counted = app.post_json(&impressions, json!({"cost": cost}));
+                let (saved, keyed, counted) = tokio::join!(saved, keyed, counted);
+                let status = |r: &reqwest::Response| r.status().as_u16();
+                (i, status(&saved), status(&keyed.unwrap()), status(&counted))
+            }
+        })
+        .buffer_unordered(48)
+        .collect()
+        .await;
+    for (i, saved, keyed, counted) in answers {
+        if i == refused_at {
+            assert!(saved >= 500 && keyed >= 500 && counted >= 500, "the refused writes get their error");
+        } else {
+            assert_eq!((saved, keyed, counted), (201, 201, 200), "write {i} is answered as if it came alone");
+        }
+    }
+    let others = (n - 1) as i64;
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 's-%'").await, others);
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 'k-%'").await, others);
+    assert_eq!(app.count("SELECT impressions FROM participations").await, others);
+    assert_ledger_matches(&app).await;
+}
