@@ -186,3 +186,28 @@ async fn every_route_the_app_serves_is_in_the_openapi_document_and_the_docs_page
     assert!(html.contains("swagger") && !html.contains("cdn"), "the docs page is served from the binary");
     assert_eq!(app.get("/docs/swagger-ui.css").await.status(), 200, "its assets too");
 }
+
+/// upsertd serves HTTP/1.1 only (actix-web is built without `http2`, README "Security notes"):
+/// a client that opens with the HTTP/2 preface gets no HTTP/2 frame back, while the same
+/// socket speaking HTTP/1.1 is answered in HTTP/1.1.
+#[tokio::test]
+async fn only_http_1_1_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // The preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let settings_frame = answer.len() >= 9 && answer[3] == 4;
+    assert!(!settings_frame, "no HTTP/2 SETTINGS frame: {:?}", String::from_utf8_lossy(&answer));
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 "), "{:?}", String::from_utf8_lossy(&answer));
+
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+}
