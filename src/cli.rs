@@ -1,15 +1,12 @@
-//! The command line: every setting is a flag and an environment variable, documented here.
+//! The command line: the commands, and the settings (`crate::settings`) as their flags.
 
 use crate::db::Database;
+use crate::settings::Settings;
 use crate::startup::Application;
 use crate::telemetry;
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use std::str::FromStr;
-use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "upsertd", version, about = "Writes that are safe to repeat, on PostgreSQL.")]
@@ -34,114 +31,6 @@ pub enum Command {
 
 /// Exit status of `audit` and `import` when they could not do their job at all.
 const COULD_NOT_RUN: u8 = 2;
-
-/// A duration written as `90`, `90s`, `500ms`, `15m`, `24h` or `7d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim();
-        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-        let (number, unit) = raw.split_at(split);
-        let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 60s, 15m or 24h"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            _ => return Err(format!("unknown unit {unit:?} in {raw:?}: use ms, s, m, h or d")),
-        };
-        Ok(Self(d))
-    }
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct Settings {
-    /// Address to listen on. Without API_TOKENS only loopback addresses are allowed.
-    #[arg(long, env = "BIND", default_value = "127.0.0.1:8080", global = true)]
-    pub bind: SocketAddr,
-
-    /// Where audio files and (without DATABASE_URL) the embedded PostgreSQL cluster live.
-    #[arg(long, env = "DATA_DIR", default_value = "./data", global = true)]
-    pub data_dir: PathBuf,
-
-    /// PostgreSQL to use. Unset: upsertd runs its own cluster in <data-dir>/postgres.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-
-    /// How long a completed Idempotency-Key is remembered.
-    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", global = true)]
-    pub idempotency_ttl: HumanDuration,
-
-    /// How long a running request holds its Idempotency-Key before a retry may take it over.
-    #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "60s", global = true)]
-    pub idempotency_lease: HumanDuration,
-
-    /// Largest accepted audio upload, in bytes (413 above it).
-    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024, global = true)]
-    pub max_upload_bytes: u64,
-
-    /// Largest accepted JSON body, in bytes (413 above it).
-    #[arg(long, env = "MAX_JSON_BYTES", default_value_t = 64 * 1024, global = true)]
-    pub max_json_bytes: usize,
-
-    /// Public origin used in tracking URLs, e.g. https://ads.example.com. Default: http://<bind>.
-    #[arg(long, env = "PUBLIC_BASE_URL", global = true)]
-    pub public_base_url: Option<String>,
-
-    /// OpenAI-compatible transcription endpoint (…/v1/audio/transcriptions). Unset: no STT.
-    #[arg(long, env = "STT_URL", global = true)]
-    pub stt_url: Option<String>,
-
-    /// Bearer token sent to STT_URL.
-    #[arg(long, env = "STT_API_KEY", global = true, hide_env_values = true)]
-    pub stt_api_key: Option<String>,
-
-    /// Model name sent to STT_URL.
-    #[arg(long, env = "STT_MODEL", default_value = "whisper-1", global = true)]
-    pub stt_model: String,
-
-    /// Most database connections the pool opens.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
-    pub db_max_connections: u32,
-
-    /// How long a request waits for a database connection before answering 503.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", global = true)]
-    pub db_acquire_timeout: HumanDuration,
-
-    /// HTTP worker threads (default: one per core).
-    #[arg(long, env = "WORKERS", global = true)]
-    pub workers: Option<usize>,
-
-    /// Comma-separated bearer tokens; when set, every /api route but the overlay needs one.
-    #[arg(long, env = "API_TOKENS", global = true, hide_env_values = true)]
-    pub api_tokens: Option<String>,
-
-    /// Comma-separated exact origins (https://app.example.com) whose web pages may call /api.
-    /// Without API_TOKENS, writes that carry any other foreign Origin are refused (403).
-    #[arg(long, env = "CORS_ORIGINS", global = true)]
-    pub cors_origins: Option<String>,
-
-    /// Allow a non-loopback --bind without API_TOKENS (anyone who can reach it can write).
-    #[arg(long, env = "ALLOW_UNAUTHENTICATED", global = true)]
-    pub allow_unauthenticated: bool,
-
-    /// Do not apply migrations when serving.
-    #[arg(long, env = "NO_MIGRATE", global = true)]
-    pub no_migrate: bool,
-}
-
-impl Settings {
-    /// Settings from defaults, the environment and these flags, as if given on the command line.
-    pub fn from_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(args: I) -> Self {
-        let argv = std::iter::once("upsertd".into()).chain(args.into_iter().map(Into::into));
-        Cli::parse_from(argv).settings
-    }
-}
 
 /// Without tokens anyone who can reach the port can write, so only loopback is allowed unless
 /// the operator says otherwise.
@@ -236,13 +125,5 @@ mod tests {
         assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080"])).is_err());
         assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080", "--api-tokens", "t"])).is_ok());
         assert!(check_exposure(&settings(&["--bind", "0.0.0.0:8080", "--allow-unauthenticated"])).is_ok());
-    }
-
-    #[test]
-    fn durations_read_like_people_write_them() {
-        assert_eq!("24h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(86_400));
-        assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert!("soon".parse::<HumanDuration>().is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 pub mod cluster;
 
-use crate::cli::Settings;
+use crate::settings::Settings;
 use anyhow::Context;
 use cluster::{Cluster, Durability};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -12,7 +12,7 @@ use std::str::FromStr;
 /// Awaits a connection (or a transaction) from the pool, counted in `upsertd_db_pool_waiting`
 /// while it waits: the figure that tells an operator the pool is too small.
 pub async fn waiting<T>(acquire: impl std::future::Future<Output = T>) -> T {
-    let gauge = metrics::gauge!(crate::ops::metrics::POOL_WAITING);
+    let gauge = metrics::gauge!(crate::recorder::POOL_WAITING);
     gauge.increment(1.0);
     let acquired = acquire.await;
     gauge.decrement(1.0);

@@ -32,56 +32,22 @@
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
 
+//!
+//! The layer knows no resource: it reaches the application only through [`Layer`], the
+//! `web::Data` registered for it, and a resource whose records keep a row instead of a body
+//! installs how to render them ([`render_rows_with`]).
+
+mod claim;
 mod claims;
 mod guard;
+mod layer;
 mod store;
 mod writer;
 
+pub use claim::{Claim, IdempotencyConfig};
 pub use claims::Claims;
 pub use guard::held_elsewhere;
 pub use guard::{keys, Keys, Scope};
-pub use store::{held_keys, purge_expired, ClaimColumns, StoredResponse};
+pub use layer::Layer;
+pub use store::{held_keys, purge_expired, render_rows_with, ClaimColumns, RowAnswers, StoredResponse};
 pub use writer::{WriteConn, Writer};
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-/// How long keys are kept and leased.
-#[derive(Debug, Clone, Copy)]
-pub struct IdempotencyConfig {
-    pub ttl: Duration,
-    pub lease: Duration,
-}
-
-/// A key this request owns, found by [`Writer`] in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    pub scope: String,
-    pub key: String,
-    pub method: String,
-    pub path: String,
-    pub claim_id: uuid::Uuid,
-    /// Claimed by the write itself, in the statement of its effect (the coalesced counters),
-    /// rather than before the handler runs.
-    pub deferred: bool,
-    /// SHA-256 of method, path and body: a key reused for another request is refused.
-    pub fingerprint: Vec<u8>,
-    /// Set once the response is stored with the effect, so the guard does not store it again.
-    completed: Arc<AtomicBool>,
-}
-
-impl Claim {
-    /// The row of `idempotency_keys` this claim takes: (scope, method, path, key).
-    pub fn slot(&self) -> (String, String, String, String) {
-        (self.scope.clone(), self.method.clone(), self.path.clone(), self.key.clone())
-    }
-
-    pub(crate) fn mark_completed(&self) {
-        self.completed.store(true, Ordering::Release);
-    }
-
-    fn is_completed(&self) -> bool {
-        self.completed.load(Ordering::Acquire)
-    }
-}

@@ -57,7 +57,7 @@ impl Reply {
         value: &impl Serialize,
         location: impl FnOnce() -> String,
     ) -> Self {
-        crate::ops::metrics::upsert(resource, outcome.as_str());
+        crate::recorder::upsert(resource, outcome.as_str());
         Self::resource(outcome, value, location)
     }
 

@@ -2,7 +2,6 @@
 
 use crate::auth::{self, ApiTokens};
 use crate::chats::routes as chats;
-use crate::cli::Settings;
 use crate::conversations::audio::AudioStore;
 use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
@@ -12,6 +11,8 @@ use crate::idempotency::{self, IdempotencyConfig, Keys};
 use crate::local_only::{self, LocalOnly};
 use crate::ops::{health, metrics};
 use crate::participations::routes as participations;
+use crate::settings::Settings;
+use crate::state::AppState;
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -19,28 +20,6 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use sqlx::PgPool;
 use std::net::{SocketAddr, TcpListener};
 use utoipa::OpenApi;
-
-/// What every handler can reach through `web::Data<AppState>`.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub audio: AudioStore,
-    pub stt: Option<Stt>,
-    pub max_upload_bytes: u64,
-    /// Origin of the URLs handed out (tracking, QR code), without a trailing slash.
-    pub public_base_url: String,
-    pub idempotency: IdempotencyConfig,
-    pub counters: crate::participations::batcher::Batcher,
-    pub upserts: crate::conversations::batcher::Batcher,
-    pub claims: idempotency::Claims,
-}
-
-impl AppState {
-    /// A connection for a read.
-    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
-        Ok(crate::db::waiting(self.pool.acquire()).await?)
-    }
-}
 
 pub struct Application {
     address: SocketAddr,
@@ -56,6 +35,7 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
         let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
+        idempotency::render_rows_with(crate::participations::batcher::RecordedAnswers);
         let shared = AppState {
             pool: pool.clone(),
             audio: AudioStore::open(&settings.data_dir)?,
@@ -86,15 +66,22 @@ impl Application {
                 settings.cors_origins.as_deref(),
             ))
         });
-        metrics::handle();
+        crate::recorder::handle();
         let server = HttpServer::new(move || {
             let state = web::Data::new(AppState { pool: worker_pool(&shared.pool, workers), ..shared.clone() });
+            let keys = web::Data::new(idempotency::Layer {
+                pool: state.pool.clone(),
+                config: state.idempotency,
+                claims: state.claims.clone(),
+                max_multipart_bytes: state.max_upload_bytes as usize + 1024 * 1024,
+            });
             let local_only = local_only.clone();
             App::new()
                 .wrap(from_fn(local_only::refuse_foreign))
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state)
+                .app_data(keys)
                 .app_data(json)
                 .app_data(tokens.clone())
                 .configure(move |cfg| {

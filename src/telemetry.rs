@@ -1,7 +1,7 @@
 //! Logging (`RUST_LOG`, default `info`), request ids, one access-log line and the HTTP
 //! metrics per request.
 
-use crate::ops::metrics::{LATENCY, REQUESTS};
+use crate::recorder::{LATENCY, REQUESTS};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};

@@ -7,7 +7,7 @@ use crate::extract::JsonBody;
 use crate::idempotency::Writer;
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::Reply;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use uuid::Uuid;

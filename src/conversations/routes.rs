@@ -11,7 +11,7 @@ use crate::extract::JsonBody;
 use crate::idempotency::Writer;
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;

@@ -2,8 +2,8 @@
 //! ([`store::claim_many`]): a claim is a durable write, and one commit per keyed request was
 //! what bounded keyed traffic (keyed clicks ran at a fifth of unkeyed ones).
 
+use super::claim::{Claim, IdempotencyConfig};
 use super::store::{self, Claimed};
-use super::{Claim, IdempotencyConfig};
 use crate::coalesce::{self, Lanes};
 use crate::error::ApiResult;
 use sqlx::PgPool;

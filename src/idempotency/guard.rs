@@ -6,14 +6,14 @@
 //! path (see [`routed_target`]), so every spelling of a URL that reaches one route with one set
 //! of parameters shares one key.
 
+use super::claim::Claim;
+use super::layer::Layer;
 use super::store::{self, Claimed, StoredResponse};
-use super::Claim;
 use crate::domain::IdempotencyKey;
 use crate::error::{ApiError, ApiResult, Transient};
 use crate::extract::JsonConfig;
 use crate::extract::{multipart_boundary, read_limited};
 use crate::reply::Reply;
-use crate::startup::AppState;
 use actix_web::body::{self, BoxBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::HeaderName;
@@ -80,14 +80,14 @@ async fn guard(
         Ok(key) => key,
         Err(why) => return Ok(problem(req, ApiError::InvalidIdempotencyKey(why.into()))),
     };
-    let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered").clone();
+    let layer = req.app_data::<web::Data<Layer>>().expect("the idempotency layer is registered").clone();
     let boundary = match policy.multipart.then(|| multipart_boundary(&req)).flatten() {
         Some(Err(error)) => return Ok(problem(req, error)),
         boundary => boundary.and_then(Result::ok),
     };
     let limit = match policy.multipart {
         // The parts' headers and boundaries come on top of the audio itself.
-        true => state.max_upload_bytes as usize + 1024 * 1024,
+        true => layer.max_multipart_bytes,
         false => req.app_data::<JsonConfig>().copied().unwrap_or_default().limit,
     };
     let body = match read_limited(&mut req.take_payload(), limit).await {
@@ -108,7 +108,7 @@ async fn guard(
         completed: Default::default(),
     };
     if !claim.deferred {
-        match wait_for_claim(&state, &claim).await.map(held) {
+        match wait_for_claim(&layer, &claim).await.map(held) {
             Ok(None) => {}
             Ok(Some(answer)) => return Ok(req.into_response(respond(answer))),
             Err(error) => return Ok(problem(req, error)),
@@ -116,7 +116,7 @@ async fn guard(
     }
     req.extensions_mut().insert(claim.clone());
     let response = next.call(req).await?;
-    settle(&state, &claim, response).await
+    settle(&layer, &claim, response).await
 }
 
 /// The auth layer's scope for keys (a hash of the caller's token), when auth is on.
@@ -163,11 +163,11 @@ fn fingerprint(method: &str, target: &str, boundary: Option<&str>, body: &[u8]) 
 
 /// Claims the key, waiting up to [`WAIT_FOR_FIRST`] (between short polls that each borrow a
 /// connection only for one statement) for a concurrent first request to finish.
-async fn wait_for_claim(state: &AppState, claim: &Claim) -> Result<Claimed, ApiError> {
+async fn wait_for_claim(layer: &Layer, claim: &Claim) -> Result<Claimed, ApiError> {
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     let mut pause = Duration::from_millis(5);
     loop {
-        let claimed = state.claims.claim(&state.pool, claim, state.idempotency).await?;
+        let claimed = layer.claims.claim(&layer.pool, claim, layer.config).await?;
         if !matches!(claimed, Claimed::InFlight(_)) || Instant::now() + pause > deadline {
             return Ok(claimed);
         }
@@ -182,7 +182,7 @@ fn held(claimed: Claimed) -> Option<ApiResult<Reply>> {
     match claimed {
         Claimed::Ours => None,
         Claimed::Replay(stored) => {
-            crate::ops::metrics::replayed();
+            crate::recorder::replayed();
             let mut headers: Vec<(HeaderName, String)> =
                 stored.headers.into_iter().filter_map(|(name, value)| Some((name.try_into().ok()?, value))).collect();
             headers.push((HeaderName::from_static(REPLAYED), "true".to_owned()));
@@ -211,7 +211,7 @@ pub async fn held_elsewhere(pool: &PgPool, claim: &Claim) -> ApiResult<Reply> {
 /// Stores an answer the handler did not store itself (below 500), or gives the key back (5xx,
 /// or a [`Transient`] conflict).
 async fn settle(
-    state: &AppState,
+    layer: &Layer,
     claim: &Claim,
     response: ServiceResponse<BoxBody>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -223,7 +223,7 @@ async fn settle(
         if claim.deferred {
             return Ok(response);
         }
-        if let Err(error) = store::release(&state.pool, claim).await {
+        if let Err(error) = store::release(&layer.pool, claim).await {
             tracing::warn!(%error, "could not release an idempotency key; it frees itself when its lease ends");
         }
         return Ok(response);
@@ -239,11 +239,11 @@ async fn settle(
     if claim.deferred {
         // Answered without a write (a 4xx): claim and record together, unless an earlier
         // request holds the key, whose answer then wins.
-        if let Some(answer) = held(store::claim_and_store(&state.pool, claim, &stored, state.idempotency).await?) {
+        if let Some(answer) = held(store::claim_and_store(&layer.pool, claim, &stored, layer.config).await?) {
             return Ok(ServiceResponse::new(req, respond(answer)));
         }
     } else {
-        let mut conn = state.conn().await?;
+        let mut conn = crate::db::waiting(layer.pool.acquire()).await.map_err(ApiError::from)?;
         store::complete(&mut conn, claim, &stored).await?;
     }
     Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))

@@ -1,9 +1,11 @@
 //! The SQL of `idempotency_keys`.
 
-use super::{Claim, IdempotencyConfig};
+use super::claim::{Claim, IdempotencyConfig};
 use crate::error::ApiResult;
+use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
+use std::sync::OnceLock;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -108,6 +110,26 @@ pub async fn claim_many(
     .await?)
 }
 
+/// Renders the answer of a record that keeps a row instead of a body (`response_row_id`, and
+/// its `response_row_patch`). The resource whose writes record such rows installs it when the
+/// app is built ([`render_rows_with`]), so that the layer names no resource.
+pub trait RowAnswers: Send + Sync {
+    fn answer<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        row: serde_json::Value,
+        patch: Option<serde_json::Value>,
+    ) -> LocalBoxFuture<'a, ApiResult<StoredResponse>>;
+}
+
+static ROW_ANSWERS: OnceLock<Box<dyn RowAnswers>> = OnceLock::new();
+
+/// Installs how recorded rows are rendered; the first installation holds for the process
+/// (every app a process builds installs the same).
+pub fn render_rows_with(answers: impl RowAnswers + 'static) {
+    let _ = ROW_ANSWERS.set(Box::new(answers));
+}
+
 /// What holds a key this request did not win: a stored answer (a counter's is rendered from
 /// its recorded row), another request's body, or a request still running.
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
@@ -138,8 +160,9 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
             body,
         })),
         (Some(_), _, _, Some(recorded)) => {
-            let patch = row.response_row_patch;
-            Ok(Claimed::Replay(crate::participations::batcher::recorded_answer(pool, recorded, patch).await?))
+            let answers =
+                ROW_ANSWERS.get().ok_or_else(|| anyhow::anyhow!("no renderer of recorded rows is installed"))?;
+            Ok(Claimed::Replay(answers.answer(pool, recorded, row.response_row_patch).await?))
         }
         _ => Ok(Claimed::InFlight(Duration::from_secs_f64(row.remaining_secs.max(0.0)))),
     }

@@ -1,10 +1,10 @@
 //! The begin/finish pair every POST handler writes through.
 
+use super::claim::Claim;
+use super::layer::Layer;
 use super::store::{self, StoredResponse};
-use super::Claim;
 use crate::error::{ApiError, ApiResult};
 use crate::reply::Reply;
-use crate::startup::AppState;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use sqlx::pool::PoolConnection;
@@ -24,8 +24,8 @@ impl FromRequest for Writer {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().expect("AppState is registered");
-        ready(Ok(Self { pool: state.pool.clone(), claim: req.extensions().get::<Claim>().cloned() }))
+        let layer = req.app_data::<web::Data<Layer>>().expect("the idempotency layer is registered");
+        ready(Ok(Self { pool: layer.pool.clone(), claim: req.extensions().get::<Claim>().cloned() }))
     }
 }
 

@@ -5,9 +5,9 @@
 
 mod checks;
 
-use crate::cli::Settings;
 use crate::conversations::audio::AudioStore;
 use crate::db::Database;
+use crate::settings::Settings;
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};

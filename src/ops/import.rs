@@ -6,15 +6,17 @@
 //! document is remembered in `import_sources`, so counters are never added twice.
 
 mod chats;
+mod collection;
 mod conversations;
 mod extjson;
 mod participations;
 mod source;
 mod summary;
 
-use crate::cli::Settings;
 use crate::db::Database;
+use crate::settings::Settings;
 use anyhow::Context;
+pub use collection::Collection;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
@@ -24,25 +26,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 pub use summary::{MapRow, Outcome, Rejection, Summary};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Collection {
-    Conversations,
-    Chats,
-    /// The `campaignparticipations` collection.
-    Participations,
-}
-
-impl Collection {
-    /// The name recorded in `import_sources.collection`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Conversations => "conversations",
-            Self::Chats => "chats",
-            Self::Participations => "participations",
-        }
-    }
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImportArgs {

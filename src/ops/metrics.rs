@@ -1,38 +1,9 @@
-//! Prometheus metrics: the recorder, the names, and `GET /metrics`.
+//! `GET /metrics`: the Prometheus text of the recorder in `crate::recorder`, with the pool's
+//! gauges read at that moment.
 
-use crate::startup::AppState;
+use crate::recorder::handle;
+use crate::state::AppState;
 use actix_web::{web, HttpResponse};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
-
-pub const REQUESTS: &str = "upsertd_http_requests_total";
-pub const LATENCY: &str = "upsertd_http_request_duration_seconds";
-pub const UPSERTS: &str = "upsertd_upserts_total";
-pub const REPLAYS: &str = "upsertd_idempotent_replays_total";
-pub const POOL_WAITING: &str = "upsertd_db_pool_waiting";
-
-/// The process-wide recorder, installed on first use (a process may build several apps).
-pub fn handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(LATENCY.into()),
-                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-            )
-            .expect("the bucket list is not empty")
-            .install_recorder()
-            .expect("no other metrics recorder is installed")
-    })
-}
-
-pub fn upsert(resource: &'static str, outcome: &'static str) {
-    metrics::counter!(UPSERTS, "resource" => resource, "outcome" => outcome).increment(1);
-}
-
-pub fn replayed() {
-    metrics::counter!(REPLAYS).increment(1);
-}
 
 #[utoipa::path(
     get,

@@ -75,7 +75,7 @@ impl Batcher {
         // Only a worker stopping mid-batch drops it (its statement rolls back): retry elsewhere.
         match self.lanes.submit(id, write, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))? {
             Told::Counted(before, prefix) => {
-                crate::ops::metrics::upsert("participation", Outcome::Updated.as_str());
+                crate::recorder::upsert("participation", Outcome::Updated.as_str());
                 Ok(answer(&before.after(&prefix)))
             }
             Told::Held(claim) => idempotency::held_elsewhere(pool, &claim).await,
@@ -88,11 +88,25 @@ fn answer(participation: &Participation) -> Reply {
     Reply::resource(Outcome::Updated, participation, || participation.location())
 }
 
+/// Renders the replays of counter records (`idempotency::render_rows_with`, at startup).
+pub struct RecordedAnswers;
+
+impl idempotency::RowAnswers for RecordedAnswers {
+    fn answer<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        row: serde_json::Value,
+        patch: Option<serde_json::Value>,
+    ) -> futures_util::future::LocalBoxFuture<'a, ApiResult<StoredResponse>> {
+        Box::pin(recorded_answer(pool, row, patch))
+    }
+}
+
 /// The answer a record of a counter write stands for: its batch's row before the batch and
 /// the write's prefix (see [`store::apply`]), rendered as the live answer was, so a replay
 /// repeats its bytes. Records written before migration 17 have no prefix: their row is the
 /// answer.
-pub async fn recorded_answer(
+async fn recorded_answer(
     pool: &PgPool,
     row: serde_json::Value,
     prefix: Option<serde_json::Value>,

@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::JsonBody;
 use crate::idempotency::Writer;
 use crate::reply::{Outcome, Reply};
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use uuid::Uuid;

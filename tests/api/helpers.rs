@@ -7,8 +7,8 @@ use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
-use upsertd::cli::Settings;
 use upsertd::db::cluster::{Cluster, Durability};
+use upsertd::settings::Settings;
 use upsertd::startup::Application;
 use uuid::Uuid;
 

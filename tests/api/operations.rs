@@ -3,8 +3,8 @@ use crate::helpers::{assert_problem, scratch_dir, TestApp};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use std::time::{Duration, Instant};
-use upsertd::cli::Settings;
 use upsertd::db::cluster::{Cluster, Durability};
+use upsertd::settings::Settings;
 use upsertd::startup::Application;
 
 #[tokio::test]

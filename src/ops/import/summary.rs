@@ -1,6 +1,6 @@
 //! What an import did, for the operator (text) and for `--map-out` (CSV).
 
-use super::Collection;
+use super::collection::Collection;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
