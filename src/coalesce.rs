@@ -18,9 +18,17 @@ use tokio::sync::oneshot;
 pub struct Job<I, O> {
     pub input: I,
     done: oneshot::Sender<O>,
+    /// The span of the request that queued it (its request id): a batch runs on whichever
+    /// request started the drain, so what it logs about a write, it logs in that write's span.
+    span: tracing::Span,
 }
 
 impl<I, O> Job<I, O> {
+    /// Logs `message` about this write, in its request's span.
+    pub fn warn(&self, error: &ApiError, message: &str) {
+        self.span.in_scope(|| tracing::warn!(%error, "{message}"));
+    }
+
     /// A job whose answer nobody awaits any more (its request was dropped) is answered into
     /// the void: its write still happened with the batch.
     pub fn answer(self, output: O) {
@@ -64,7 +72,7 @@ impl<K: Hash + Eq + Clone + 'static, I: 'static, O: 'static> Lanes<K, I, O> {
         let start_drain = {
             let mut lanes = self.lanes.lock().expect("the lane lock is never poisoned");
             let lane = lanes.entry(key.clone()).or_insert_with(|| Lane { queue: Vec::new(), in_flight: 0 });
-            lane.queue.push(Job { input, done });
+            lane.queue.push(Job { input, done, span: tracing::Span::current() });
             let free = lane.in_flight < self.max_in_flight;
             lane.in_flight += usize::from(free);
             free
@@ -160,16 +168,16 @@ pub async fn settle<I, T>(
     match result {
         Ok(outputs) => jobs.into_iter().zip(outputs).for_each(|(job, output)| job.answer(Ok(output))),
         Err(error) if jobs.len() > 1 && !matches!(error, ApiError::DatabaseUnavailable(_)) => {
-            tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; its writes go again one by one");
             for job in jobs {
+                job.warn(&error, &format!("a coalesced {what} failed; its writes go again one by one"));
                 let alone = statement(&[&job.input]).await;
                 job.answer(alone.map(|mut outputs| outputs.pop().expect("one write in, one answer out")));
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, writes = jobs.len(), "a coalesced {what} failed; every write in it gets the error");
-            jobs.into_iter().for_each(|job| job.answer(Err(ApiError::copy(&error))));
-        }
+        Err(error) => jobs.into_iter().for_each(|job| {
+            job.warn(&error, &format!("a coalesced {what} failed; every write in it gets the error"));
+            job.answer(Err(ApiError::copy(&error)));
+        }),
     }
 }
 

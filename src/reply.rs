@@ -39,6 +39,9 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, String)>,
     pub body: Vec<u8>,
+    /// The write this answers, counted in `upsertd_upserts_total{resource, outcome}` when the
+    /// answer is sent: after the commit, so a write that rolled back is never counted.
+    pub counted: Option<(&'static str, Outcome)>,
 }
 
 impl Reply {
@@ -47,18 +50,18 @@ impl Reply {
             status,
             headers: vec![(header::CONTENT_TYPE, "application/json".to_owned())],
             body: serde_json::to_vec(value).expect("API resources always serialise"),
+            counted: None,
         }
     }
 
-    /// [`Reply::resource`], counted in `upsertd_upserts_total{resource, outcome}`.
+    /// [`Reply::resource`], counted in `upsertd_upserts_total{resource, outcome}` once sent.
     pub fn written(
         resource: &'static str,
         outcome: Outcome,
         value: &impl Serialize,
         location: impl FnOnce() -> String,
     ) -> Self {
-        crate::recorder::upsert(resource, outcome.as_str());
-        Self::resource(outcome, value, location)
+        Self { counted: Some((resource, outcome)), ..Self::resource(outcome, value, location) }
     }
 
     /// 201 with `Location` when the request inserted, else 200; `Upsert-Outcome` always.
@@ -76,7 +79,12 @@ impl Reply {
         self
     }
 
+    /// The response to send: by now the write it answers has committed (`Writer::finish`
+    /// commits first), so this is where it is counted.
     pub fn into_response(self) -> HttpResponse {
+        if let Some((resource, outcome)) = self.counted {
+            crate::recorder::upsert(resource, outcome.as_str());
+        }
         let mut response = HttpResponse::build(self.status);
         for (name, value) in self.headers {
             response.append_header((name, value));

@@ -12,20 +12,20 @@ use crate::local_only::{self, LocalOnly};
 use crate::ops::{health, metrics};
 use crate::participations::routes as participations;
 use crate::settings::Settings;
-use crate::state::AppState;
+use crate::state::{AppState, WorkerPools};
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use sqlx::PgPool;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 pub struct Application {
     address: SocketAddr,
     server: Server,
-    pool: PgPool,
-    idempotency: IdempotencyConfig,
 }
 
 impl Application {
@@ -55,7 +55,16 @@ impl Application {
             upserts: Default::default(),
             claims: Default::default(),
         };
-        let workers = settings.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
+        let max_connections = pool.options().get_max_connections().max(1);
+        // Each worker has a pool of its own, and at least one connection in it: no more
+        // workers than connections.
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, max_connections as usize);
+        let started = Arc::new(AtomicUsize::new(0));
+        let pools = web::Data::new(WorkerPools::default());
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
         let json = JsonConfig { limit: settings.max_json_bytes, require_content_type: !tokens.enabled() };
         // Without tokens, requests must name this server and writes come from no foreign page.
@@ -68,7 +77,14 @@ impl Application {
         });
         crate::recorder::handle();
         let server = HttpServer::new(move || {
-            let state = web::Data::new(AppState { pool: worker_pool(&shared.pool, workers), ..shared.clone() });
+            // A worker that restarts after a panic is counted again, and takes the same place.
+            let worker = started.fetch_add(1, Ordering::Relaxed) % workers;
+            let pool = worker_pool(&shared.pool, connections_of(max_connections, workers, worker));
+            pools.insert(worker, pool.clone());
+            if worker == 0 {
+                actix_web::rt::spawn(purge_idempotency_keys(pool.clone(), idempotency));
+            }
+            let state = web::Data::new(AppState { pool, ..shared.clone() });
             let keys = web::Data::new(idempotency::Layer {
                 pool: state.pool.clone(),
                 config: state.idempotency,
@@ -82,6 +98,7 @@ impl Application {
                 .wrap(from_fn(telemetry::observe))
                 .app_data(state)
                 .app_data(keys)
+                .app_data(pools.clone())
                 .app_data(json)
                 .app_data(tokens.clone())
                 .configure(move |cfg| {
@@ -97,7 +114,7 @@ impl Application {
         })
         .listen(listener)?
         .workers(workers);
-        Ok(Self { address, server: server.run(), pool, idempotency })
+        Ok(Self { address, server: server.run() })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -112,13 +129,10 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
-    /// Also purges expired idempotency keys in the background while it serves.
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests. The first worker also
+    /// purges expired idempotency keys while it serves.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let purge = tokio::spawn(purge_idempotency_keys(self.pool, self.idempotency));
-        let served = self.server.await;
-        purge.abort();
-        served
+        self.server.await
     }
 }
 
@@ -138,10 +152,15 @@ async fn purge_idempotency_keys(pool: PgPool, config: IdempotencyConfig) {
 /// Each HTTP worker gets its own pool, made on the worker's runtime. A connection belongs to
 /// the runtime that opened it, and on SIGTERM an idle worker's runtime ends first: with one
 /// shared pool, a request still draining on another worker could be handed a connection whose
-/// runtime was gone and fail. The workers share the configured maximum.
-fn worker_pool(shared: &PgPool, workers: usize) -> PgPool {
-    let per_worker = (shared.options().get_max_connections() / workers.max(1) as u32).max(2);
-    shared.options().clone().max_connections(per_worker).connect_lazy_with((*shared.connect_options()).clone())
+/// runtime was gone and fail.
+fn worker_pool(shared: &PgPool, connections: u32) -> PgPool {
+    shared.options().clone().max_connections(connections).connect_lazy_with((*shared.connect_options()).clone())
+}
+
+/// Worker `worker`'s share of `max` connections: the workers' shares add up to `max` exactly.
+fn connections_of(max: u32, workers: usize, worker: usize) -> u32 {
+    let workers = workers as u32;
+    max / workers + u32::from((worker as u32) < max % workers)
 }
 
 /// A route path; methods it does not list answer 405.
@@ -215,4 +234,20 @@ fn docs(cfg: &mut web::ServiceConfig) {
         utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()),
     )
     .service(web::redirect("/docs", "/docs/"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_of;
+
+    #[test]
+    fn the_workers_pools_add_up_to_the_maximum_and_none_is_empty() {
+        for max in 1..=40_u32 {
+            for workers in 1..=max as usize {
+                let shares: Vec<u32> = (0..workers).map(|w| connections_of(max, workers, w)).collect();
+                assert_eq!(shares.iter().sum::<u32>(), max, "{max} connections, {workers} workers: {shares:?}");
+                assert!(shares.iter().all(|s| *s >= 1), "{max} connections, {workers} workers: {shares:?}");
+            }
+        }
+    }
 }

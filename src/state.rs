@@ -7,6 +7,8 @@ use crate::conversations::stt::Stt;
 use crate::error::ApiError;
 use crate::idempotency::{self, IdempotencyConfig};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// What every handler can reach through `web::Data<AppState>`.
 #[derive(Clone)]
@@ -27,5 +29,21 @@ impl AppState {
     /// A connection for a read.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
         Ok(crate::db::waiting(self.pool.acquire()).await?)
+    }
+}
+
+/// Every worker's pool, by worker, for the gauges of `/metrics`: one worker answers it, and it
+/// reports them all.
+#[derive(Clone, Default)]
+pub struct WorkerPools(Arc<Mutex<BTreeMap<usize, PgPool>>>);
+
+impl WorkerPools {
+    pub fn insert(&self, worker: usize, pool: PgPool) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(worker, pool);
+    }
+
+    pub fn all(&self) -> Vec<(usize, PgPool)> {
+        let pools = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pools.iter().map(|(worker, pool)| (*worker, pool.clone())).collect()
     }
 }

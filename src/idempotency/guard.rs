@@ -187,7 +187,7 @@ fn held(claimed: Claimed) -> Option<ApiResult<Reply>> {
                 stored.headers.into_iter().filter_map(|(name, value)| Some((name.try_into().ok()?, value))).collect();
             headers.push((HeaderName::from_static(REPLAYED), "true".to_owned()));
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-            Some(Ok(Reply { status, headers, body: stored.body }))
+            Some(Ok(Reply { status, headers, body: stored.body, counted: None }))
         }
         Claimed::Mismatch => Some(Err(ApiError::IdempotencyKeyReused)),
         Claimed::InFlight(left) => {

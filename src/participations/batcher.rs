@@ -214,7 +214,9 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
             }
             Err(error) if matches!(error, ApiError::DatabaseUnavailable(_)) => return fail(pending, &error),
             Err(error) if take > 1 => {
-                tracing::warn!(%error, writes = take, "a counter batch failed; its writes go again one by one");
+                pending[..take]
+                    .iter()
+                    .for_each(|job| job.warn(&error, "a counter batch failed; it goes again one by one"));
                 alone = true;
             }
             Err(error) => pending.remove(0).answer(Err(error)),
@@ -228,6 +230,8 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
 
 /// Every write left gets the error of a failure that belongs to all (the database is down).
 fn fail(jobs: Vec<Job>, error: &ApiError) {
-    tracing::warn!(%error, writes = jobs.len(), "a counter batch failed; every write in it gets the error");
-    jobs.into_iter().for_each(|job| job.answer(Err(error.copy())));
+    for job in jobs {
+        job.warn(error, "a counter batch failed; every write in it gets the error");
+        job.answer(Err(error.copy()));
+    }
 }

@@ -284,7 +284,6 @@ async fn bad_requests_get_problem_documents_with_stable_codes() {
             Some("If-Match"),
         ),
     ];
-    assert!(cases.len() >= 20);
     for case in cases {
         let mut request = app.client.request(case.method.parse().unwrap(), app.url(case.path));
         if case.name == "bad If-Match" {

@@ -24,8 +24,10 @@ impl Sent {
     }
 }
 
-/// One POST, with a key or without; a key still in flight (409) is retried as a client would.
+/// One POST, with a key or without; a key still in flight (409) is retried as a client would,
+/// for at most 30 s: a key stuck in flight fails the test instead of hanging it.
 async fn send(client: &reqwest::Client, url: &str, key: Option<&str>, body: &Value) -> Sent {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut request = client.post(url).json(body);
         if let Some(key) = key {
@@ -33,6 +35,7 @@ async fn send(client: &reqwest::Client, url: &str, key: Option<&str>, body: &Val
         }
         let response = request.send().await.unwrap();
         if key.is_some() && response.status() == 409 {
+            assert!(std::time::Instant::now() < deadline, "{url}: the key stayed in flight for 30 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }

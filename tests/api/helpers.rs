@@ -99,6 +99,10 @@ impl TestApp {
 
     /// `flags` are extra command-line settings, e.g. `["--max-upload-bytes", "1000"]`.
     pub async fn spawn_with(flags: &[&str]) -> Self {
+        // TEST_LOG=1: the servers' logs on stderr (RUST_LOG filters them, as for the service).
+        if std::env::var_os("TEST_LOG").is_some() {
+            upsertd::telemetry::init();
+        }
         let server = server();
         let db_name = format!("{TEST_DB_PREFIX}{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect_with(&server.admin).await.unwrap();
@@ -139,7 +143,7 @@ impl TestApp {
     pub async fn all_pages(&self, list: &str) -> Vec<Value> {
         let mut items = Vec::new();
         let mut cursor = String::new();
-        loop {
+        for _ in 0..10_000 {
             let page: Value = self.get(&format!("{list}&cursor={cursor}")).await.json().await.unwrap();
             items.extend(page["items"].as_array().expect("a page has items").iter().cloned());
             match page["next_cursor"].as_str() {
@@ -147,6 +151,7 @@ impl TestApp {
                 None => return items,
             }
         }
+        panic!("{list}: 10,000 pages and still a next_cursor; the cursor does not advance");
     }
 
     /// Create-or-get of a participation; panics unless it succeeds.

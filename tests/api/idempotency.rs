@@ -13,11 +13,14 @@ struct Answer {
     replayed: bool,
 }
 
-/// Sends one keyed POST, retrying while the key is in flight (409) as a client would.
+/// Sends one keyed POST, retrying while the key is in flight (409) as a client would, for at
+/// most 30 s: a key stuck in flight fails the test instead of hanging it.
 async fn send_keyed(client: &reqwest::Client, url: &str, key: &str, body: &Value) -> Answer {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let response = client.post(url).header("idempotency-key", key).json(body).send().await.unwrap();
         if response.status() == 409 {
+            assert!(std::time::Instant::now() < deadline, "{url}: key {key} stayed in flight for 30 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }

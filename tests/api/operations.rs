@@ -83,9 +83,24 @@ async fn a_public_bind_without_tokens_is_refused_with_status_2() {
     assert!(stderr.contains("API_TOKENS") && stderr.contains("--allow-unauthenticated"), "{stderr}");
 }
 
+/// The value of one series in Prometheus text, 0 when it is not there yet.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 #[tokio::test]
 async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_request_id() {
     let app = TestApp::spawn().await;
+    let read = || async { app.get("/metrics").await.text().await.unwrap() };
+    let watched = [
+        r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="201"}"#,
+        r#"upsertd_upserts_total{resource="chat",outcome="inserted"}"#,
+        r#"upsertd_upserts_total{resource="chat",outcome="unchanged"}"#,
+        "upsertd_idempotent_replays_total",
+    ];
+    let before = read().await;
     let first = app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
     assert!(first.headers().contains_key("x-request-id"));
     app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
@@ -100,17 +115,17 @@ async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_reque
     }
     let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "trace-123").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-123");
-    let text = app.get("/metrics").await.text().await.unwrap();
-    for needle in [
-        r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="201"}"#,
-        r#"upsertd_upserts_total{resource="chat",outcome="inserted"}"#,
-        r#"upsertd_upserts_total{resource="chat",outcome="unchanged"}"#,
-        "upsertd_idempotent_replays_total",
-        "upsertd_http_request_duration_seconds_bucket",
-        "upsertd_db_pool_connections",
-        "upsertd_db_pool_waiting",
-    ] {
-        assert!(text.contains(needle), "/metrics lacks {needle}");
+    let after = read().await;
+    // Other tests share the process's recorder: each counter moved at least by this test's own
+    // requests (one insert, one unchanged, one replay).
+    for name in watched {
+        let moved = series(&after, name) - series(&before, name);
+        assert!(moved >= 1.0, "{name} moved by {moved}");
+    }
+    for name in
+        ["upsertd_http_request_duration_seconds_bucket", "upsertd_db_pool_connections", "upsertd_db_pool_waiting"]
+    {
+        assert!(after.contains(name), "/metrics lacks {name}");
     }
 }
 
