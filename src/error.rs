@@ -229,6 +229,102 @@ impl ResponseError for ApiError {
     }
 }
 
+/// What each problem status means, as the OpenAPI document tells it: one description per
+/// status, shared by every operation that can answer it.
+fn problem_description(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "Malformed request: not JSON, not an object, a value of the wrong JSON type (`errors` names the \
+                field), or a malformed Idempotency-Key"
+        }
+        401 => "No valid bearer token (when the server runs with API_TOKENS)",
+        403 => "Without API_TOKENS: a Host that does not name this server, or a write from a foreign Origin",
+        404 => "Nothing has this id (a malformed id is not found either)",
+        409 => {
+            "The Idempotency-Key is held by a request still running, or a concurrent write got in the way: \
+                retry after Retry-After"
+        }
+        413 => "The body is larger than its limit",
+        415 => "The body is not declared as JSON (or the audio is of no known format)",
+        422 => {
+            "A value of the right type that is not valid (`errors` names the field), or an Idempotency-Key \
+                reused with another method, path or body"
+        }
+        502 => "The speech-to-text backend failed; retry",
+        503 => "The database is unavailable: retry after Retry-After",
+        _ => "See `code`",
+    }
+}
+
+/// The responses of an operation, by status, as the OpenAPI document lists them.
+pub type ResponseDocs = std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>;
+
+/// A problem document response, as the OpenAPI document describes it.
+fn problem_doc(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::response::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    ResponseBuilder::new().description(description).content(PROBLEM_JSON, content).build().into()
+}
+
+fn problem_responses(statuses: &[u16]) -> ResponseDocs {
+    statuses.iter().map(|status| (status.to_string(), problem_doc(problem_description(*status)))).collect()
+}
+
+/// Declares the sets of problem responses the OpenAPI annotations list after an operation's
+/// own successes (`responses((status = 200, body = Chat), JsonWrite)`): each set is what one
+/// kind of operation can answer.
+macro_rules! problem_sets {
+    ($($(#[$doc:meta])* $set:ident: [$($status:literal),+];)+) => {
+        $(
+            $(#[$doc])*
+            pub struct $set;
+
+            impl utoipa::IntoResponses for $set {
+                fn responses() -> ResponseDocs {
+                    problem_responses(&[$($status),+])
+                }
+            }
+        )+
+    };
+}
+
+problem_sets! {
+    /// A JSON write under `/api` that names no existing resource in its path.
+    JsonWrite: [400, 401, 403, 409, 413, 415, 422, 503];
+    /// A JSON write to the resource its path names.
+    JsonWriteTo: [400, 401, 403, 404, 409, 413, 415, 422, 503];
+    /// A write to the resource its path names that takes no body.
+    WriteTo: [400, 401, 403, 404, 409, 413, 422, 503];
+    /// upload-audio: a multipart body, and speech-to-text when configured.
+    UploadWrite: [400, 401, 403, 409, 413, 415, 422, 502, 503];
+    /// A read of the resource its path names.
+    Lookup: [401, 403, 404, 503];
+    /// A read of a list: its query can be malformed (400) or invalid (422).
+    Listing: [400, 401, 403, 422, 503];
+    /// A read of a list that belongs to the resource its path names.
+    ListingOf: [400, 401, 403, 404, 422, 503];
+    /// A public read (no bearer token) of the resource its path names.
+    PublicLookup: [403, 404, 503];
+    /// A readiness probe that found the database unavailable.
+    Unready: [503];
+}
+
+/// save-analysis: a JSON write that can also be conditional (`If-Match`), so its 409 can also
+/// be a version mismatch.
+pub struct ConditionalWrite;
+
+impl utoipa::IntoResponses for ConditionalWrite {
+    fn responses() -> ResponseDocs {
+        let mut responses = JsonWrite::responses();
+        let conflict = problem_doc(
+            "`version_mismatch`: If-Match names another version, or no conversation exists; otherwise as for any \
+             write, the Idempotency-Key is held or a concurrent write got in the way",
+        );
+        responses.insert("409".into(), conflict);
+        responses
+    }
+}
+
 /// Maps a named constraint to the request field it guards, so that a row a CHECK or foreign
 /// key rejects becomes a 422 that names the field instead of a 500.
 fn constraint_field(constraint: &str) -> Option<&'static str> {

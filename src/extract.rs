@@ -134,6 +134,75 @@ pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A value named by a segment of the route's path (`{id}`, `{session_id}`, `{token}`).
+pub trait PathSegment: Sized {
+    /// The segment's name in the route pattern.
+    const NAME: &'static str;
+    /// What a 404 says, for a value that is malformed or names nothing.
+    const NOT_FOUND: &'static str;
+    fn parse(raw: &str) -> Option<Self>;
+    /// How the OpenAPI document describes the segment.
+    fn schema() -> utoipa::openapi::Schema;
+}
+
+/// The extractor of a path segment, one type per kind of id: a malformed id answers 404, like
+/// an id that names nothing, on every route that takes it, and before any body is read. It is
+/// also the operation's `IntoParams`, so the document describes the segment as it is parsed.
+pub struct InPath<T>(pub T);
+
+impl<T: PathSegment> FromRequest for InPath<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let parsed = req.match_info().get(T::NAME).and_then(T::parse);
+        std::future::ready(parsed.map(InPath).ok_or_else(|| ApiError::NotFound(T::NOT_FOUND.into())))
+    }
+}
+
+impl<T: PathSegment> utoipa::IntoParams for InPath<T> {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        let parameter = ParameterBuilder::new()
+            .name(T::NAME)
+            .parameter_in(ParameterIn::Path)
+            .required(utoipa::openapi::Required::True)
+            .schema(Some(T::schema()));
+        vec![parameter.build()]
+    }
+}
+
+/// Declares the path id of a resource named by a UUID (`{id}`): its own type, so that the
+/// extractor and the document say which resource a 404 is about.
+macro_rules! uuid_path_id {
+    ($(#[$doc:meta])* $name:ident, $not_found:literal) => {
+        $(#[$doc])*
+        pub struct $name(pub uuid::Uuid);
+
+        impl $crate::extract::PathSegment for $name {
+            const NAME: &'static str = "id";
+            const NOT_FOUND: &'static str = $not_found;
+
+            fn parse(raw: &str) -> Option<Self> {
+                raw.parse().ok().map(Self)
+            }
+
+            fn schema() -> utoipa::openapi::Schema {
+                $crate::extract::uuid_schema()
+            }
+        }
+    };
+}
+pub(crate) use uuid_path_id;
+
+/// The schema of a UUID path segment.
+pub fn uuid_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

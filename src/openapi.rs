@@ -41,6 +41,7 @@ use utoipa::OpenApi;
         health::readyz,
         metrics::render,
     ),
+    components(schemas(crate::error::Problem, crate::error::FieldError)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

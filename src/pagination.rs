@@ -31,10 +31,15 @@ impl Cursor {
     }
 }
 
-/// The query string of every list route.
-#[derive(Debug, Deserialize)]
+/// The query string of every list route (text here, parsed by [`PageQuery::parse`] into 422s
+/// that name the parameter).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// How many items a page holds.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200, default = 50)]
     limit: Option<String>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 

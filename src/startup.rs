@@ -3,16 +3,18 @@
 use crate::auth::{self, ApiTokens};
 use crate::chats::routes as chats;
 use crate::conversations::audio::AudioStore;
+use crate::conversations::batcher as conversations_batcher;
 use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonConfig;
-use crate::idempotency::{self, IdempotencyConfig, Keys};
+use crate::idempotency::{self, Claims, IdempotencyConfig, Keys};
 use crate::local_only::{self, LocalOnly};
 use crate::ops::{health, metrics};
+use crate::participations::batcher as participations_batcher;
 use crate::participations::routes as participations;
 use crate::settings::Settings;
-use crate::state::{AppState, WorkerPools};
+use crate::state::{Counters, Db, PublicBaseUrl, Uploads, Upserts, WorkerPools};
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -35,26 +37,28 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
         let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
-        idempotency::render_rows_with(crate::participations::batcher::RecordedAnswers);
-        let shared = AppState {
-            pool: pool.clone(),
+        idempotency::render_rows_with(participations_batcher::RecordedAnswers);
+        let uploads = web::Data::new(Uploads {
             audio: AudioStore::open(&settings.data_dir)?,
             stt: settings
                 .stt_url
                 .clone()
                 .map(|url| Stt::new(url, settings.stt_api_key.clone(), settings.stt_model.clone())),
-            max_upload_bytes: settings.max_upload_bytes,
-            public_base_url: settings
+            max_bytes: settings.max_upload_bytes,
+        });
+        let public_base_url = web::Data::new(PublicBaseUrl(
+            settings
                 .public_base_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{address}"))
                 .trim_end_matches('/')
                 .to_owned(),
-            idempotency,
-            counters: Default::default(),
-            upserts: Default::default(),
-            claims: Default::default(),
-        };
+        ));
+        // Coalescers are shared by the workers: a lane holds the writes of one row, whichever
+        // worker they came through.
+        let counters = participations_batcher::Batcher::default();
+        let upserts = conversations_batcher::Batcher::default();
+        let claims = Claims::default();
         // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
         let max_connections = pool.options().get_max_connections().max(1);
         // Each worker has a pool of its own, and at least one connection in it: no more
@@ -79,24 +83,29 @@ impl Application {
         let server = HttpServer::new(move || {
             // A worker that restarts after a panic is counted again, and takes the same place.
             let worker = started.fetch_add(1, Ordering::Relaxed) % workers;
-            let pool = worker_pool(&shared.pool, connections_of(max_connections, workers, worker));
+            let pool = worker_pool(&pool, connections_of(max_connections, workers, worker));
             pools.insert(worker, pool.clone());
             if worker == 0 {
                 actix_web::rt::spawn(purge_idempotency_keys(pool.clone(), idempotency));
             }
-            let state = web::Data::new(AppState { pool, ..shared.clone() });
             let keys = web::Data::new(idempotency::Layer {
-                pool: state.pool.clone(),
-                config: state.idempotency,
-                claims: state.claims.clone(),
-                max_multipart_bytes: state.max_upload_bytes as usize + 1024 * 1024,
+                pool: pool.clone(),
+                config: idempotency,
+                claims: claims.clone(),
+                max_multipart_bytes: uploads.max_bytes as usize + 1024 * 1024,
             });
+            let counters = Counters { batcher: counters.clone(), pool: pool.clone(), idempotency };
+            let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone() };
             let local_only = local_only.clone();
             App::new()
                 .wrap(from_fn(local_only::refuse_foreign))
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
                 .wrap(from_fn(telemetry::observe))
-                .app_data(state)
+                .app_data(web::Data::new(Db { pool }))
+                .app_data(web::Data::new(counters))
+                .app_data(web::Data::new(upserts))
+                .app_data(uploads.clone())
+                .app_data(public_base_url.clone())
                 .app_data(keys)
                 .app_data(pools.clone())
                 .app_data(json)

@@ -1,36 +1,72 @@
-//! The application state handlers reach through `web::Data<AppState>`. It stands below the
-//! routes: it imports the stores' coalescers and configuration, never a route or the startup
-//! that joins them.
+//! What handlers receive, each piece its own `web::Data` so that a handler asks only for what
+//! it uses. It stands below the routes: it imports the stores' coalescers and configuration,
+//! never a route or the startup that registers these.
 
 use crate::conversations::audio::AudioStore;
+use crate::conversations::model::{AnalysisUpsert, Conversation};
 use crate::conversations::stt::Stt;
-use crate::error::ApiError;
-use crate::idempotency::{self, IdempotencyConfig};
+use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{Claim, IdempotencyConfig};
+use crate::participations::model::Delta;
+use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use uuid::Uuid;
 
-/// What every handler can reach through `web::Data<AppState>`.
+/// The worker's pool, for handlers that read.
 #[derive(Clone)]
-pub struct AppState {
+pub struct Db {
     pub pool: PgPool,
-    pub audio: AudioStore,
-    pub stt: Option<Stt>,
-    pub max_upload_bytes: u64,
-    /// Origin of the URLs handed out (tracking, QR code), without a trailing slash.
-    pub public_base_url: String,
-    pub idempotency: IdempotencyConfig,
-    pub counters: crate::participations::batcher::Batcher,
-    pub upserts: crate::conversations::batcher::Batcher,
-    pub claims: idempotency::Claims,
 }
 
-impl AppState {
+impl Db {
     /// A connection for a read.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
         Ok(crate::db::waiting(self.pool.acquire()).await?)
     }
 }
+
+/// Counter writes: the coalescer, shared by the workers, and the worker's pool its batches
+/// write through.
+#[derive(Clone)]
+pub struct Counters {
+    pub batcher: crate::participations::batcher::Batcher,
+    pub pool: PgPool,
+    pub idempotency: IdempotencyConfig,
+}
+
+impl Counters {
+    pub async fn apply(&self, id: Uuid, delta: Delta, claim: Option<Claim>) -> ApiResult<Reply> {
+        self.batcher.apply(&self.pool, self.idempotency, id, delta, claim).await
+    }
+}
+
+/// Plain save-analysis upserts: the coalescer, shared by the workers, and the worker's pool.
+#[derive(Clone)]
+pub struct Upserts {
+    pub batcher: crate::conversations::batcher::Batcher,
+    pub pool: PgPool,
+}
+
+impl Upserts {
+    pub async fn upsert(&self, input: AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+        self.batcher.upsert(&self.pool, input).await
+    }
+}
+
+/// What upload-audio needs besides the database: where audio goes, how large it may be, and
+/// the speech-to-text backend when one is configured.
+#[derive(Clone)]
+pub struct Uploads {
+    pub audio: AudioStore,
+    pub stt: Option<Stt>,
+    pub max_bytes: u64,
+}
+
+/// The origin of the URLs handed out (tracking, QR code), without a trailing slash.
+#[derive(Clone)]
+pub struct PublicBaseUrl(pub String);
 
 /// Every worker's pool, by worker, for the gauges of `/metrics`: one worker answers it, and it
 /// reports them all.

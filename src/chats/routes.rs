@@ -2,15 +2,21 @@
 
 use super::store::{self, Chat};
 use crate::domain::{ParticipantId, ParticipantsKey};
-use crate::error::{ApiError, ApiResult, FieldError, Problem};
-use crate::extract::JsonBody;
-use crate::idempotency::Writer;
+use crate::error::{ApiError, ApiResult, FieldError, JsonWrite, Listing, Lookup};
+use crate::extract::{uuid_path_id, InPath, JsonBody};
+use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::Reply;
-use crate::state::AppState;
+use crate::state::Db;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use uuid::Uuid;
+
+uuid_path_id!(
+    /// A chat's id in a path.
+    ChatId,
+    "no chat has this id"
+);
+type ChatPath = InPath<ChatId>;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateChatBody {
@@ -40,21 +46,12 @@ impl CreateChatBody {
     path = "/api/chats",
     tag = "chats",
     request_body = CreateChatBody,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
-    ),
+    params(KeyHeader),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Inserted", body = Chat),
-        (status = 200, description = "Existed or updated", body = Chat),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Existed", body = Chat),
+        JsonWrite
     )
 )]
 pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult<HttpResponse> {
@@ -68,16 +65,17 @@ pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult
     get,
     path = "/api/chats/{id}",
     tag = "chats",
-    params(("id" = uuid::Uuid, Path)),
+    params(ChatPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Chat),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        Lookup
     )
 )]
-pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let not_found = || ApiError::NotFound("no chat has this id".into());
-    let id: Uuid = path.parse().map_err(|_| not_found())?;
-    let chat = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
+pub async fn get(db: web::Data<Db>, path: ChatPath) -> ApiResult<HttpResponse> {
+    let InPath(ChatId(id)) = path;
+    let not_found = || ApiError::NotFound(<ChatId as crate::extract::PathSegment>::NOT_FOUND.into());
+    let chat = store::get(&mut *db.conn().await?, id).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(chat))
 }
 
@@ -90,14 +88,18 @@ pub struct ListChatsQuery {
     get,
     path = "/api/chats",
     tag = "chats",
-    params(("participant" = String, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(
+        ("participant" = String, Query),
+        PageQuery
+    ),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Page<Chat>),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+        Listing
     )
 )]
 pub async fn list(
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
     filter: web::Query<ListChatsQuery>,
     page: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -105,6 +107,6 @@ pub async fn list(
     let participant =
         ParticipantId::parse("participant", participant).map_err(|e: FieldError| ApiError::Validation(vec![e]))?;
     let page = page_request(&page)?;
-    let chats = store::list_for(&mut *state.conn().await?, participant.as_str(), page).await?;
+    let chats = store::list_for(&mut *db.conn().await?, participant.as_str(), page).await?;
     Ok(HttpResponse::Ok().json(chats))
 }

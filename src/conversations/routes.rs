@@ -6,24 +6,47 @@ use super::model::{
 };
 use super::{audio, store, upload};
 use crate::domain::{Patch, SessionId};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::JsonBody;
-use crate::idempotency::Writer;
+use crate::error::{
+    ApiError, ApiResult, ConditionalWrite, JsonWrite, JsonWriteTo, Listing, ListingOf, Lookup, UploadWrite,
+};
+use crate::extract::{uuid_path_id, InPath, JsonBody, PathSegment};
+use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
-use crate::state::AppState;
+use crate::state::{Db, Uploads, Upserts};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use uuid::Uuid;
 
 fn conversation_reply(conversation: &Conversation, outcome: Outcome) -> Reply {
     Reply::written("conversation", outcome, conversation, || conversation.location())
         .header(header::ETAG, conversation.etag())
 }
 
-/// A session id in a path that cannot exist is simply not found.
-fn path_session_id(raw: &str) -> ApiResult<SessionId> {
-    SessionId::parse("session_id", raw).map_err(|_| ApiError::NotFound("no conversation has this session_id".into()))
+/// A session id in a path: one that cannot exist is simply not found.
+impl PathSegment for SessionId {
+    const NAME: &'static str = "session_id";
+    const NOT_FOUND: &'static str = "no conversation has this session_id";
+
+    fn parse(raw: &str) -> Option<Self> {
+        SessionId::parse(Self::NAME, raw).ok()
+    }
+
+    fn schema() -> utoipa::openapi::Schema {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let string = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
+        string.max_length(Some(SessionId::MAX_LEN)).pattern(Some("^[A-Za-z0-9._:-]+$")).into()
+    }
+}
+type SessionPath = InPath<SessionId>;
+
+uuid_path_id!(
+    /// A stored audio file's id in a path.
+    AudioId,
+    "no audio file has this id"
+);
+
+fn no_conversation() -> ApiError {
+    ApiError::NotFound(<SessionId as PathSegment>::NOT_FOUND.into())
 }
 
 #[utoipa::path(
@@ -31,21 +54,12 @@ fn path_session_id(raw: &str) -> ApiResult<SessionId> {
     path = "/api/conversations",
     tag = "conversations",
     request_body = CreateConversationBody,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
-    ),
+    params(KeyHeader),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Inserted", body = Conversation),
-        (status = 200, description = "Existed or updated", body = Conversation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Existed", body = Conversation),
+        JsonWrite
     )
 )]
 pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> ApiResult<HttpResponse> {
@@ -59,17 +73,15 @@ pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> A
     get,
     path = "/api/conversations/{session_id}",
     tag = "conversations",
-    params(("session_id" = String, Path)),
+    params(SessionPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Conversation),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        Lookup
     )
 )]
-pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let session_id = path_session_id(&path)?;
-    let conversation = store::get(&mut *state.conn().await?, &session_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
+pub async fn get(db: web::Data<Db>, path: SessionPath) -> ApiResult<HttpResponse> {
+    let conversation = store::get(&mut *db.conn().await?, &path.0).await?.ok_or_else(no_conversation)?;
     Ok(HttpResponse::Ok().insert_header((header::ETAG, conversation.etag())).json(conversation))
 }
 
@@ -77,19 +89,23 @@ pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResu
     get,
     path = "/api/conversations",
     tag = "conversations",
-    params(("user_id" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(
+        ("user_id" = Option<String>, Query),
+        PageQuery
+    ),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Page<Conversation>),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+        Listing
     )
 )]
 pub async fn list(
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
     filter: web::Query<ListConversationsQuery>,
     page: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = page_request(&page)?;
-    let items = store::list(&mut *state.conn().await?, filter.user_id.as_deref(), page).await?;
+    let items = store::list(&mut *db.conn().await?, filter.user_id.as_deref(), page).await?;
     Ok(HttpResponse::Ok().json(items))
 }
 
@@ -100,24 +116,17 @@ pub async fn list(
     request_body = SaveAnalysisBody,
     params(
         ("If-Match" = Option<String>, Header, description = "Update only at this version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Inserted", body = Conversation),
         (status = 200, description = "Existed or updated", body = Conversation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        ConditionalWrite
     )
 )]
 pub async fn save_analysis(
-    state: web::Data<AppState>,
+    upserts: web::Data<Upserts>,
     req: HttpRequest,
     writer: Writer,
     body: JsonBody<SaveAnalysisBody>,
@@ -127,7 +136,7 @@ pub async fn save_analysis(
     // A keyed upsert's record and an If-Match check belong to its own transaction; the rest
     // share statements with concurrent upserts.
     if writer.claim().is_none() && input.expected_version.is_none() {
-        let (conversation, outcome) = state.upserts.upsert(&state.pool, input).await?;
+        let (conversation, outcome) = upserts.upsert(input).await?;
         return Ok(conversation_reply(&conversation, outcome).into_response());
     }
     let mut conn = writer.begin().await?;
@@ -146,36 +155,25 @@ pub async fn save_analysis(
         description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, \
                        analysis (JSON)"
     ),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
-    ),
+    params(KeyHeader),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Inserted", body = Conversation),
         (status = 200, description = "Existed or updated", body = Conversation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem),
-        (status = 415, body = Problem)
+        UploadWrite
     )
 )]
 pub async fn upload_audio(
-    state: web::Data<AppState>,
+    uploads: web::Data<Uploads>,
     writer: Writer,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let form = upload::form(&req, payload, state.max_upload_bytes)?;
-    let upload = upload::receive(form, &state.audio, state.max_upload_bytes).await?;
+    let form = upload::form(&req, payload, uploads.max_bytes)?;
+    let upload = upload::receive(form, &uploads.audio, uploads.max_bytes).await?;
     let received = upload.audio;
     let (sha256, format, bytes) = (received.sha256.clone(), received.format, received.bytes);
-    let store_dir = state.audio.clone();
+    let store_dir = uploads.audio.clone();
     let (path, analysis) = web::block(move || {
         let path = store_dir.keep(&received.file.into_path(), &received.sha256)?;
         let analysis = audio::analyse(&path, format, bytes);
@@ -184,7 +182,7 @@ pub async fn upload_audio(
     .await
     .map_err(anyhow::Error::from)?
     .map_err(anyhow::Error::from)?;
-    let transcript = match &state.stt {
+    let transcript = match &uploads.stt {
         Some(stt) => Some(stt.transcribe(&path, format.content_type(), upload.language.as_deref()).await?),
         None => upload.transcript,
     };
@@ -212,29 +210,18 @@ pub async fn upload_audio(
     tag = "conversations",
     request_body = AppendBody,
     params(
-        ("session_id" = String, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        SessionPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 201, description = "Inserted", body = Appended),
+        (status = 201, description = "Inserted (the conversation too, if it did not exist)", body = Appended),
         (status = 200, description = "Existed or updated", body = Appended),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        JsonWriteTo
     )
 )]
-pub async fn append_messages(
-    path: web::Path<String>,
-    writer: Writer,
-    body: JsonBody<AppendBody>,
-) -> ApiResult<HttpResponse> {
-    let session_id = SessionId::parse("session_id", &path).map_err(|e| ApiError::Validation(vec![e]))?;
+pub async fn append_messages(path: SessionPath, writer: Writer, body: JsonBody<AppendBody>) -> ApiResult<HttpResponse> {
+    let session_id = path.0;
     let messages = body.0.validate()?;
     let mut conn = writer.begin().await?;
     let result =
@@ -249,23 +236,23 @@ pub async fn append_messages(
     get,
     path = "/api/conversations/{session_id}/messages",
     tag = "conversations",
-    params(("session_id" = String, Path), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(
+        SessionPath,
+        PageQuery
+    ),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Page<Message>),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json")
+        ListingOf
     )
 )]
 pub async fn list_messages(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
+    db: web::Data<Db>,
+    path: SessionPath,
     page: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
-    let session_id = path_session_id(&path)?;
     let page = page_request(&page)?;
-    let messages = store::list_messages(&mut *state.conn().await?, &session_id, page)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no conversation has this session_id".into()))?;
+    let messages = store::list_messages(&mut *db.conn().await?, &path.0, page).await?.ok_or_else(no_conversation)?;
     Ok(HttpResponse::Ok().json(messages))
 }
 
@@ -273,19 +260,31 @@ pub async fn list_messages(
     get,
     path = "/api/audio/{id}",
     tag = "conversations",
-    params(("id" = uuid::Uuid, Path)),
+    params(InPath<AudioId>),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "The stored bytes", content_type = "audio/*"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "The stored bytes (Range requests are answered too)", content_type = "audio/*"),
+        Lookup
     )
 )]
-pub async fn get_audio(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let not_found = || ApiError::NotFound("no audio file has this id".into());
-    let id: Uuid = path.parse().map_err(|_| not_found())?;
-    let file = store::get_audio(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
-    let bytes = tokio::fs::read(state.audio.path_for(&file.sha256)).await.map_err(|_| not_found())?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, file.content_type))
-        .insert_header((header::ETAG, format!("\"{}\"", file.sha256)))
-        .body(bytes))
+pub async fn get_audio(
+    db: web::Data<Db>,
+    uploads: web::Data<Uploads>,
+    req: HttpRequest,
+    path: InPath<AudioId>,
+) -> ApiResult<HttpResponse> {
+    let not_found = || ApiError::NotFound(AudioId::NOT_FOUND.into());
+    let file = store::get_audio(&mut *db.conn().await?, path.0 .0).await?.ok_or_else(not_found)?;
+    let content_type =
+        file.content_type.parse().map_err(|_| anyhow::anyhow!("stored content type {:?}", file.content_type))?;
+    // Streamed from the file, never read whole; its content address is its entity tag.
+    let audio = actix_files::NamedFile::open_async(uploads.audio.path_for(&file.sha256))
+        .await
+        .map_err(|_| not_found())?
+        .set_content_type(content_type)
+        .use_etag(false);
+    let mut response = audio.into_response(&req);
+    let etag = header::HeaderValue::from_str(&format!("\"{}\"", file.sha256)).map_err(anyhow::Error::from)?;
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
 }

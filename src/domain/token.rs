@@ -12,6 +12,12 @@ impl BrowserSourceToken {
         Self(hex::encode(bytes))
     }
 
+    /// A token as this server makes them; anything else names no overlay.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let hex = raw.len() == 64 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        hex.then(|| Self(raw.to_owned()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -35,6 +35,31 @@ const REPLAYED_HEADERS: [&str; 5] = ["content-type", "location", "etag", "upsert
 /// its digest, so a claim's index row has a bounded size whatever a client sends.
 const MAX_STORED_PATH: usize = 512;
 
+/// The `Idempotency-Key` header as the OpenAPI document describes it, on every keyed route:
+/// the rules of [`IdempotencyKey::parse`].
+pub struct KeyHeader;
+
+impl utoipa::IntoParams for KeyHeader {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(IdempotencyKey::MAX_LEN))
+            .pattern(Some("^[\\x21-\\x7E]+$"));
+        let header = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some("Makes a retried request take effect once (API.md §2): 1-255 visible ASCII characters"))
+            .schema(Some(schema));
+        vec![header.build()]
+    }
+}
+
 /// How a route takes `Idempotency-Key`s: declared where the route is registered.
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {

@@ -1,5 +1,5 @@
-use crate::error::{ApiError, Problem};
-use crate::state::AppState;
+use crate::error::{ApiError, Unready};
+use crate::state::Db;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -21,13 +21,13 @@ pub async fn healthz() -> HttpResponse {
     tag = "operations",
     responses(
         (status = 200, description = "Database reachable, migrations applied"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        Unready
     )
 )]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(db: web::Data<Db>) -> Result<HttpResponse, ApiError> {
     let expected = crate::db::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count() as i64;
     let applied = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&state.pool)
+        .fetch_one(&db.pool)
         .await
         .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
     if applied < expected {

@@ -5,18 +5,37 @@ use super::model::{
     ViewerSampleBody,
 };
 use super::{not_found, qr, store};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::JsonBody;
-use crate::idempotency::Writer;
+use crate::domain::BrowserSourceToken;
+use crate::error::{ApiError, ApiResult, JsonWrite, JsonWriteTo, Lookup, PublicLookup, WriteTo};
+use crate::extract::{uuid_path_id, InPath, JsonBody, PathSegment};
+use crate::idempotency::{KeyHeader, Writer};
 use crate::reply::{Outcome, Reply};
-use crate::state::AppState;
+use crate::state::{Counters, Db, PublicBaseUrl};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use uuid::Uuid;
 
-fn path_id(raw: &str) -> ApiResult<Uuid> {
-    raw.parse().map_err(|_| not_found())
+uuid_path_id!(
+    /// A participation's id in a path.
+    ParticipationId,
+    "no participation has this id"
+);
+type ParticipationPath = InPath<ParticipationId>;
+
+/// An overlay's browser source token in a path.
+impl PathSegment for BrowserSourceToken {
+    const NAME: &'static str = "token";
+    const NOT_FOUND: &'static str = "unknown browser source token";
+
+    fn parse(raw: &str) -> Option<Self> {
+        BrowserSourceToken::parse(raw)
+    }
+
+    fn schema() -> utoipa::openapi::Schema {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9a-f]{64}$")).into()
+    }
 }
+type TokenPath = InPath<BrowserSourceToken>;
 
 fn updated(participation: Option<super::model::Participation>) -> ApiResult<Reply> {
     let participation = participation.ok_or_else(not_found)?;
@@ -28,21 +47,12 @@ fn updated(participation: Option<super::model::Participation>) -> ApiResult<Repl
     path = "/api/participations",
     tag = "participations",
     request_body = CreateBody,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
-    ),
+    params(KeyHeader),
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Inserted", body = Participation),
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Existed", body = Participation),
+        JsonWrite
     )
 )]
 pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
@@ -56,26 +66,26 @@ pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<Htt
     get,
     path = "/api/participations/{id}",
     tag = "participations",
-    params(("id" = uuid::Uuid, Path)),
+    params(ParticipationPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, body = Participation),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        Lookup
     )
 )]
-pub async fn get(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let participation = store::get(&mut *state.conn().await?, path_id(&path)?).await?.ok_or_else(not_found)?;
+pub async fn get(db: web::Data<Db>, path: ParticipationPath) -> ApiResult<HttpResponse> {
+    let participation = store::get(&mut *db.conn().await?, path.0 .0).await?.ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(participation))
 }
 
 /// Counter writes go through the batcher, which coalesces concurrent writes to one row.
 async fn record(
-    state: web::Data<AppState>,
+    counters: web::Data<Counters>,
     writer: Writer,
-    id: &str,
+    path: ParticipationPath,
     delta: ApiResult<Delta>,
 ) -> ApiResult<HttpResponse> {
-    let (id, delta) = (path_id(id)?, delta?);
-    let reply = state.counters.apply(&state.pool, state.idempotency, id, delta, writer.claim()).await?;
+    let reply = counters.apply(path.0 .0, delta?, writer.claim()).await?;
     Ok(reply.into_response())
 }
 
@@ -85,30 +95,22 @@ async fn record(
     tag = "participations",
     request_body = ImpressionsBody,
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        JsonWriteTo
     )
 )]
 pub async fn impressions(
-    state: web::Data<AppState>,
+    counters: web::Data<Counters>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
     body: JsonBody<ImpressionsBody>,
 ) -> ApiResult<HttpResponse> {
-    record(state, writer, &path, body.0.delta()).await
+    record(counters, writer, path, body.0.delta()).await
 }
 
 #[utoipa::path(
@@ -117,30 +119,22 @@ pub async fn impressions(
     tag = "participations",
     request_body = ClickBody,
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        JsonWriteTo
     )
 )]
 pub async fn clicks(
-    state: web::Data<AppState>,
+    counters: web::Data<Counters>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
     body: JsonBody<ClickBody>,
 ) -> ApiResult<HttpResponse> {
-    record(state, writer, &path, body.0.delta()).await
+    record(counters, writer, path, body.0.delta()).await
 }
 
 #[utoipa::path(
@@ -149,30 +143,22 @@ pub async fn clicks(
     tag = "participations",
     request_body = ViewerSampleBody,
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        JsonWriteTo
     )
 )]
 pub async fn viewer_samples(
-    state: web::Data<AppState>,
+    counters: web::Data<Counters>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
     body: JsonBody<ViewerSampleBody>,
 ) -> ApiResult<HttpResponse> {
-    record(state, writer, &path, body.0.delta()).await
+    record(counters, writer, path, body.0.delta()).await
 }
 
 #[utoipa::path(
@@ -181,35 +167,27 @@ pub async fn viewer_samples(
     tag = "participations",
     request_body = EarningsBody,
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        JsonWriteTo
     )
 )]
 pub async fn earnings(
-    state: web::Data<AppState>,
+    counters: web::Data<Counters>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
     body: JsonBody<EarningsBody>,
 ) -> ApiResult<HttpResponse> {
-    record(state, writer, &path, body.0.delta()).await
+    record(counters, writer, path, body.0.delta()).await
 }
 
 /// The tracking URL of a participation is its overlay URL: this prefix and the token.
-fn overlay_base(state: &AppState) -> String {
-    format!("{}/api/overlay/", state.public_base_url)
+fn overlay_base(public: &PublicBaseUrl) -> String {
+    format!("{}/api/overlay/", public.0)
 }
 
 #[utoipa::path(
@@ -218,32 +196,24 @@ fn overlay_base(state: &AppState) -> String {
     tag = "participations",
     request_body = ChatCommandBody,
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        JsonWriteTo
     )
 )]
 pub async fn chat_command(
-    state: web::Data<AppState>,
+    public: web::Data<PublicBaseUrl>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
     body: JsonBody<ChatCommandBody>,
 ) -> ApiResult<HttpResponse> {
-    let (id, command) = (path_id(&path)?, body.0.validate()?);
+    let command = body.0.validate()?;
     let mut conn = writer.begin().await?;
-    let result = store::set_chat_command(&mut conn, id, command.as_deref(), &overlay_base(&state)).await;
+    let result = store::set_chat_command(&mut conn, path.0 .0, command.as_deref(), &overlay_base(&public)).await;
     writer.finish(conn, result.and_then(updated)).await
 }
 
@@ -253,31 +223,24 @@ pub async fn chat_command(
     path = "/api/participations/{id}/qr-code",
     tag = "participations",
     params(
-        ("id" = uuid::Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request count once (API.md §2)")
+        ParticipationPath,
+        KeyHeader
     ),
+    security(("bearer" = [])),
     responses(
-        (status = 200, description = "Existed or updated", body = Participation),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (
-            status = 409,
-            description = "Idempotency key in flight or version mismatch",
-            body = Problem,
-            content_type = "application/problem+json"
-        ),
-        (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        (status = 200, description = "Updated", body = Participation),
+        WriteTo
     )
 )]
 pub async fn make_qr_code(
-    state: web::Data<AppState>,
+    db: web::Data<Db>,
+    public: web::Data<PublicBaseUrl>,
     writer: Writer,
-    path: web::Path<String>,
+    path: ParticipationPath,
 ) -> ApiResult<HttpResponse> {
-    let id = path_id(&path)?;
-    let current = store::get(&mut *state.conn().await?, id).await?.ok_or_else(not_found)?;
-    let url = format!("{}{}", overlay_base(&state), current.browser_source_token);
+    let id = path.0 .0;
+    let current = store::get(&mut *db.conn().await?, id).await?.ok_or_else(not_found)?;
+    let url = format!("{}{}", overlay_base(&public), current.browser_source_token);
     let image = qr::png(&url)?;
     // The overlay holds only its token: the image it shows is served by token, publicly.
     let image_url = format!("{url}/qr-code.png");
@@ -290,14 +253,15 @@ pub async fn make_qr_code(
     get,
     path = "/api/participations/{id}/qr-code.png",
     tag = "participations",
-    params(("id" = uuid::Uuid, Path)),
+    params(ParticipationPath),
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "PNG image", content_type = "image/png"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        Lookup
     )
 )]
-pub async fn qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let png = store::qr_code_png(&mut *state.conn().await?, path_id(&path)?)
+pub async fn qr_code_png(db: web::Data<Db>, path: ParticipationPath) -> ApiResult<HttpResponse> {
+    let png = store::qr_code_png(&mut *db.conn().await?, path.0 .0)
         .await?
         .ok_or_else(|| ApiError::NotFound("no QR code has been made for this participation".into()))?;
     Ok(png_response(png))
@@ -311,16 +275,16 @@ fn png_response(png: Vec<u8>) -> HttpResponse {
     get,
     path = "/api/overlay/{token}",
     tag = "participations",
-    params(("token" = String, Path)),
+    params(TokenPath),
     responses(
         (status = 200, body = Overlay),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        PublicLookup
     )
 )]
-pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let view = store::overlay(&mut *state.conn().await?, &path)
+pub async fn overlay(db: web::Data<Db>, path: TokenPath) -> ApiResult<HttpResponse> {
+    let view = store::overlay(&mut *db.conn().await?, path.0.as_str())
         .await?
-        .ok_or_else(|| ApiError::NotFound("unknown browser source token".into()))?;
+        .ok_or_else(|| ApiError::NotFound(BrowserSourceToken::NOT_FOUND.into()))?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -330,14 +294,14 @@ pub async fn overlay(state: web::Data<AppState>, path: web::Path<String>) -> Api
     tag = "participations",
     description = "The QR image of the participation that holds this browser source token, as its overlay shows \
                    it: public like the overlay (no bearer token), and what `qr_code_url` points at.",
-    params(("token" = String, Path)),
+    params(TokenPath),
     responses(
         (status = 200, description = "PNG image", content_type = "image/png"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")
+        PublicLookup
     )
 )]
-pub async fn overlay_qr_code_png(state: web::Data<AppState>, path: web::Path<String>) -> ApiResult<HttpResponse> {
-    let png = store::overlay_qr_code_png(&mut *state.conn().await?, &path)
+pub async fn overlay_qr_code_png(db: web::Data<Db>, path: TokenPath) -> ApiResult<HttpResponse> {
+    let png = store::overlay_qr_code_png(&mut *db.conn().await?, path.0.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound("unknown browser source token, or no QR code made for it yet".into()))?;
     Ok(png_response(png))

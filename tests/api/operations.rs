@@ -202,6 +202,56 @@ async fn every_route_the_app_serves_is_in_the_openapi_document_and_the_docs_page
     assert_eq!(app.get("/docs/swagger-ui.css").await.status(), 200, "its assets too");
 }
 
+/// The document tells what the server answers: bearer auth and its 401 on every route behind
+/// it (not on the public ones), 413/415 wherever a JSON body is read, a version mismatch only
+/// where If-Match is taken, and every error as a problem document.
+#[tokio::test]
+async fn the_openapi_document_lists_the_problems_each_operation_can_answer() {
+    let app = TestApp::spawn().await;
+    let doc: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
+    let mut checked = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let (name, responses) = (format!("{method} {path}"), operation["responses"].as_object().unwrap());
+            let authenticated = path.starts_with("/api/") && !path.starts_with("/api/overlay/");
+            assert_eq!(operation.get("security").is_some(), authenticated, "{name}: security");
+            assert_eq!(responses.contains_key("401"), authenticated, "{name}: 401");
+            if operation["requestBody"]["content"].get("application/json").is_some() {
+                assert!(responses.contains_key("413") && responses.contains_key("415"), "{name}: 413/415");
+            }
+            let takes_if_match =
+                operation["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "If-Match");
+            let conflict = responses.get("409").map(|r| r["description"].as_str().unwrap().to_lowercase());
+            assert_eq!(conflict.is_some_and(|d| d.contains("version")), takes_if_match, "{name}: 409");
+            for (status, response) in responses.iter().filter(|(status, _)| !status.starts_with('2')) {
+                let content = response["content"].as_object().unwrap();
+                assert!(content.contains_key("application/problem+json"), "{name} {status}: a problem document");
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, upsertd::startup::ROUTES.len());
+}
+
+/// One extractor per kind of id: a malformed id is 404 on every route that takes one, even with
+/// a body that would be refused, and even when the route would create what it names.
+#[tokio::test]
+async fn a_malformed_id_in_a_path_is_not_found_on_every_route() {
+    let app = TestApp::spawn().await;
+    let mut checked = 0;
+    for (method, path) in upsertd::startup::ROUTES.iter().filter(|(_, path)| path.contains('{')) {
+        let malformed =
+            path.replace("{session_id}", "no%20spaces").replace("{id}", "not-a-uuid").replace("{token}", "t");
+        let request = app.client.request(method.to_uppercase().parse().unwrap(), app.url(&malformed));
+        let response = request.header("content-type", "application/json").body("[").send().await.unwrap();
+        assert_problem(response, 404, "not_found").await;
+        checked += 1;
+    }
+    assert!(checked > 10, "the routes with ids were checked");
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 0, "nothing was created");
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0);
+}
+
 /// upsertd serves HTTP/1.1 only (actix-web is built without `http2`, README "Security notes"):
 /// a client that opens with the HTTP/2 preface gets no HTTP/2 frame back, while the same
 /// socket speaking HTTP/1.1 is answered in HTTP/1.1.

@@ -74,7 +74,14 @@ async fn the_same_bytes_twice_are_one_stored_file_and_can_be_downloaded() {
     let download = app.get(first["audio"]["url"].as_str().unwrap()).await;
     assert_eq!(download.status(), 200);
     assert_eq!(download.headers()["content-type"], "audio/wav");
+    let sha256 = first["audio"]["sha256"].as_str().unwrap();
+    assert_eq!(download.headers()["etag"].to_str().unwrap(), format!("\"{sha256}\""), "its content address");
     assert_eq!(download.bytes().await.unwrap().to_vec(), wav);
+    // Served from the file: a range is answered with just those bytes.
+    let url = app.url(first["audio"]["url"].as_str().unwrap());
+    let range = app.client.get(url).header("range", "bytes=4-11").send().await.unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().await.unwrap().to_vec(), wav[4..12].to_vec());
 }
 
 #[tokio::test]
