@@ -152,6 +152,15 @@ impl ApiError {
     }
 }
 
+/// The answer when a row that cannot be missing is: one a statement of this request just found
+/// in its way (`ON CONFLICT DO NOTHING`), or holds locked, and that no route deletes. A retry
+/// would not find it either, so this is no 409 to retry but an internal error, logged with
+/// what was missing.
+pub fn vanished(what: &'static str) -> ApiError {
+    tracing::error!(what, "a row that no route deletes is missing");
+    ApiError::Internal(anyhow::anyhow!("the {what} row vanished"))
+}
+
 /// Marks a response (in its extensions) that tells nothing about the request itself: a
 /// concurrent write got in the way (a deadlock, a serialization failure) and a retry may well
 /// succeed. Such an answer is never stored as an idempotency key's answer.

@@ -1,7 +1,7 @@
 //! All SQL of chats.
 
 use crate::domain::ParticipantsKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{vanished, ApiResult};
 use crate::pagination::{Cursor, Page, PageRequest};
 use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
@@ -50,7 +50,7 @@ pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> Ap
     .await?;
     match inserted {
         Some(chat) => Ok((chat, Outcome::Inserted)),
-        None => Ok((find_by_key(conn, key).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged)),
+        None => Ok((find_by_key(conn, key).await?.ok_or_else(|| vanished("chat"))?, Outcome::Unchanged)),
     }
 }
 

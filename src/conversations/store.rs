@@ -4,7 +4,7 @@ use super::model::{
     AnalysisUpsert, AudioFile, Conversation, ConversationRow, Expected, Message, NewConversation, NewMessage,
 };
 use crate::domain::SessionId;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{vanished, ApiError, ApiResult};
 use crate::pagination::{Cursor, Page, PageRequest};
 use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
@@ -31,7 +31,7 @@ pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> Api
     // DO NOTHING waited for any concurrent inserter to commit, so the row is visible now.
     let (row, outcome) = match inserted {
         Some(row) => (row, Outcome::Inserted),
-        None => (find_row(conn, &session_id).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged),
+        None => (find_row(conn, &session_id).await?.ok_or_else(|| vanished("conversation"))?, Outcome::Unchanged),
     };
     Ok((with_audio(conn, row).await?, outcome))
 }
@@ -143,8 +143,7 @@ pub async fn upsert_many(
     session_ids
         .iter()
         .map(|sid| {
-            // Unreachable but for a concurrent delete, which no route does.
-            let (row, outcome) = found.remove(*sid).ok_or(ApiError::Conflict)?;
+            let (row, outcome) = found.remove(*sid).ok_or_else(|| vanished("conversation"))?;
             let file = row.audio_id.and_then(|id| audio.iter().find(|a| a.id == id).cloned());
             Ok((Conversation::new(row, file), outcome))
         })
@@ -247,9 +246,9 @@ pub async fn save_audio(
         None => sqlx::query_scalar!("SELECT id FROM audio_files WHERE sha256 = $1", sha256)
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or(ApiError::Conflict)?,
+            .ok_or_else(|| vanished("audio file"))?,
     };
-    get_audio(conn, id).await?.ok_or(ApiError::Conflict)
+    get_audio(conn, id).await?.ok_or_else(|| vanished("audio file"))
 }
 
 /// Appends messages in one transaction and returns them as stored, in the request's order.
@@ -316,7 +315,7 @@ pub async fn append_messages(
     let outcome = if updated.is_some() { Outcome::Inserted } else { Outcome::Unchanged };
     let row = match updated {
         Some(row) => row,
-        None => find_row(&mut tx, session_id).await?.ok_or(ApiError::Conflict)?,
+        None => find_row(&mut tx, session_id).await?.ok_or_else(|| vanished("conversation"))?,
     };
     let conversation = with_audio(&mut tx, row).await?;
     tx.commit().await?;
@@ -339,7 +338,7 @@ async fn lock_or_create(tx: &mut PgConnection, session_id: &SessionId) -> ApiRes
         sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1 FOR UPDATE", session_id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-    existing.map(|id| (id, false)).ok_or(ApiError::Conflict)
+    existing.map(|id| (id, false)).ok_or_else(|| vanished("conversation"))
 }
 
 /// Oldest first, keyed on `seq`. `None` when the conversation does not exist.

@@ -15,9 +15,9 @@
 //! already held (a retry) fails that statement; the batch runs again without it, and the key is
 //! answered from its record.
 
-use super::model::{Delta, Participation, Prefix};
+use super::model::{not_found, Delta, Participation, Prefix};
+use super::store;
 use super::store::{Applied, KeyHeld};
-use super::{not_found, store};
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};

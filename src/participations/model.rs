@@ -2,12 +2,24 @@
 
 use crate::domain::{Money, ParticipantId};
 use crate::error::{ApiError, FieldError};
+use crate::extract::{uuid_path_id, PathSegment};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Number;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+uuid_path_id!(
+    /// A participation's id in a path.
+    ParticipationId,
+    "no participation has this id"
+);
+
+/// The answer for an id that names no participation, from a handler or a counter batch.
+pub fn not_found() -> ApiError {
+    ApiError::NotFound(<ParticipationId as PathSegment>::NOT_FOUND.into())
+}
 
 /// A row of `participations`, which is also the resource clients see.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]

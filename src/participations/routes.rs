@@ -1,24 +1,20 @@
 //! Thin handlers for participations and the overlay.
 
+use super::model::{not_found, ParticipationId};
 use super::model::{
     ChatCommandBody, ClickBody, CreateBody, Delta, EarningsBody, ImpressionsBody, Overlay, Participation,
     ViewerSampleBody,
 };
-use super::{not_found, qr, store};
+use super::{qr, store};
 use crate::domain::BrowserSourceToken;
 use crate::error::{ApiError, ApiResult, JsonWrite, JsonWriteTo, Lookup, PublicLookup, WriteTo};
-use crate::extract::{uuid_path_id, InPath, JsonBody, PathSegment};
+use crate::extract::{InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::reply::{Outcome, Reply};
 use crate::state::{Counters, Db, PublicBaseUrl};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
-uuid_path_id!(
-    /// A participation's id in a path.
-    ParticipationId,
-    "no participation has this id"
-);
 type ParticipationPath = InPath<ParticipationId>;
 
 /// An overlay's browser source token in a path.

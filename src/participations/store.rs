@@ -2,7 +2,7 @@
 
 use super::model::{Delta, Overlay, Participation, Prefix};
 use crate::domain::{BrowserSourceToken, ParticipantId};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{vanished, ApiResult};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
 use crate::reply::Outcome;
 use rust_decimal::Decimal;
@@ -35,7 +35,10 @@ pub async fn create_or_get(
     .await?;
     match inserted {
         Some(created) => Ok((created, Outcome::Inserted)),
-        None => Ok((find_by_pair(conn, campaign, streamer).await?.ok_or(ApiError::Conflict)?, Outcome::Unchanged)),
+        None => Ok((
+            find_by_pair(conn, campaign, streamer).await?.ok_or_else(|| vanished("participation"))?,
+            Outcome::Unchanged,
+        )),
     }
 }
 
