@@ -1,5 +1,5 @@
 use crate::error::FieldError;
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::de::{self, Deserialize, Deserializer, Unexpected};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -28,6 +28,17 @@ impl Money {
         if amount.normalize().scale() > Self::SCALE {
             return Err(FieldError::new(field, "may have at most 6 fractional digits"));
         }
+        Self::within_limit(field, amount)
+    }
+
+    /// `amount` as the column stores it: rounded half away from zero to six digits, then held
+    /// to the limit, so an amount that rounds up to 10^14 is too large.
+    pub fn rounded(field: &str, amount: Decimal) -> Result<Self, FieldError> {
+        let rounded = amount.round_dp_with_strategy(Self::SCALE, RoundingStrategy::MidpointAwayFromZero);
+        Self::within_limit(field, rounded)
+    }
+
+    fn within_limit(field: &str, amount: Decimal) -> Result<Self, FieldError> {
         if amount.abs() >= Self::LIMIT {
             return Err(FieldError::new(field, "is too large"));
         }
@@ -106,6 +117,15 @@ mod tests {
     #[test]
     fn the_limit_is_ten_to_the_fourteen() {
         assert_eq!(Money::LIMIT, Decimal::from(100_000_000_000_000_i64));
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero_and_the_limit_applies_after_it() {
+        let rounded = |text: &str| Money::rounded("cost", Decimal::from_str(text).unwrap());
+        assert_eq!(rounded("0.0000005").unwrap().to_string(), "0.000001");
+        assert_eq!(rounded("-0.0000005").unwrap().to_string(), "-0.000001");
+        assert!(rounded("99999999999999.999999").is_ok());
+        assert!(rounded("99999999999999.9999995").is_err(), "rounds up to 10^14");
     }
 
     #[test]

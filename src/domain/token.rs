@@ -1,3 +1,4 @@
+use crate::error::FieldError;
 use rand::RngCore;
 
 /// The secret a stream overlay (an OBS browser source) is addressed by: 32 bytes from the
@@ -12,10 +13,13 @@ impl BrowserSourceToken {
         Self(hex::encode(bytes))
     }
 
-    /// A token as this server makes them; anything else names no overlay.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let hex = raw.len() == 64 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        hex.then(|| Self(raw.to_owned()))
+    /// A token from outside (a path, a legacy document): the shape this server makes, or it is no
+    /// token.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        if raw.len() != 64 || !raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(FieldError::new(field, "must be 64 lowercase hex characters"));
+        }
+        Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -30,8 +34,14 @@ mod tests {
     #[test]
     fn tokens_are_64_lowercase_hex_and_differ() {
         let (a, b) = (BrowserSourceToken::generate(), BrowserSourceToken::generate());
-        assert_eq!(a.as_str().len(), 64);
-        assert!(a.as_str().bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_eq!(BrowserSourceToken::parse("token", a.as_str()), Ok(a.clone()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn anything_but_64_lowercase_hex_is_no_token() {
+        for bad in ["", &"a".repeat(63), &"a".repeat(65), &"A".repeat(64), &"g".repeat(64)] {
+            assert!(BrowserSourceToken::parse("token", bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -14,6 +14,8 @@ mod source;
 mod summary;
 
 use crate::db::Database;
+use crate::domain::ParticipantId;
+use crate::error::FieldError;
 use crate::settings::Settings;
 use anyhow::Context;
 pub use collection::Collection;
@@ -234,9 +236,18 @@ impl Progress {
     }
 }
 
-/// A chat participant, campaign or streamer id: 1-128 of `[A-Za-z0-9._@:-]` (API.md §4).
-fn is_participant_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@:-".contains(&b))
+/// Why a document is rejected, in the words of the domain type that refused it.
+fn reason(error: FieldError) -> String {
+    format!("{}: {}", error.field, error.message)
+}
+
+/// [`reason`] naming the refused value: the report shows the line, not the document.
+fn refused(error: FieldError, value: impl std::fmt::Debug) -> String {
+    format!("{}: {value:?} {}", error.field, error.message)
+}
+
+fn participant_id(field: &str, raw: &str) -> Result<ParticipantId, String> {
+    ParticipantId::parse(field, raw).map_err(|error| refused(error, raw))
 }
 
 /// Remembers which row each legacy document went into; a document already recorded keeps

@@ -23,7 +23,7 @@ impl PathSegment for BrowserSourceToken {
     const NOT_FOUND: &'static str = "unknown browser source token";
 
     fn parse(raw: &str) -> Option<Self> {
-        BrowserSourceToken::parse(raw)
+        BrowserSourceToken::parse(Self::NAME, raw).ok()
     }
 
     fn schema() -> utoipa::openapi::Schema {

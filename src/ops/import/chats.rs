@@ -3,14 +3,13 @@
 //! participants, so one chat is kept per group; every legacy `_id` maps to the kept chat's id.
 
 use super::{
-    extjson, is_participant_id, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary,
+    extjson, participant_id, reason, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary,
 };
+use crate::domain::ParticipantsKey;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-const MAX_PARTICIPANTS: usize = 32;
 
 pub struct Chats;
 
@@ -26,31 +25,20 @@ impl Importer for Chats {
         let listed = extjson::field(doc, "participants")
             .and_then(Value::as_array)
             .ok_or("participants: missing or not an array")?;
-        let mut participants = Vec::with_capacity(listed.len());
+        let mut ids = Vec::with_capacity(listed.len());
         for (i, value) in listed.iter().enumerate() {
             let id = extjson::id(value).ok_or_else(|| format!("participants[{i}]: not a string or ObjectId"))?;
-            if !is_participant_id(&id) {
-                return Err(format!("participants[{i}]: {id:?} is not 1-128 of [A-Za-z0-9._@:-]"));
-            }
-            participants.push(id);
+            ids.push(participant_id(&format!("participants[{i}]"), &id)?);
         }
-        // Byte order, as the API sorts; repeats removed.
-        participants.sort();
-        participants.dedup();
-        if !(2..=MAX_PARTICIPANTS).contains(&participants.len()) {
-            return Err(format!(
-                "participants: {} distinct ids, a chat has 2 to {MAX_PARTICIPANTS}",
-                participants.len()
-            ));
-        }
-        let key = participants.join(",");
+        let key = ParticipantsKey::from_ids(ids).map_err(reason)?;
         let fixes = match extjson::string(doc, "participantsKey")? {
             None => vec!["participantsKey backfilled"],
-            Some(old) if old != key => vec!["participantsKey recomputed from participants"],
+            Some(old) if old != key.as_str() => vec!["participantsKey recomputed from participants"],
             Some(_) => Vec::new(),
         };
         let created_at = extjson::date(doc, "createdAt")?;
-        Ok(Parsed { key, doc: Chat { participants, created_at }, fixes })
+        let doc = Chat { participants: key.participants(), created_at };
+        Ok(Parsed { key: key.as_str().to_owned(), doc, fixes })
     }
 
     async fn write(

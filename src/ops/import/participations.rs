@@ -5,18 +5,16 @@
 //! events, and is recorded in `import_sources`, so a second run adds nothing.
 
 use super::{
-    extjson, is_participant_id, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Sourced, Summary,
+    extjson, participant_id, record_sources, refused, Collection, Group, Importer, MapRow, Outcome, Parsed, Sourced,
+    Summary,
 };
+use crate::domain::{BrowserSourceToken, Money, ParticipantId};
 use chrono::{DateTime, Utc};
-use rand::RngCore;
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde_json::Value;
 use sqlx::PgConnection;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
-
-/// numeric(20, 6) holds 14 digits before the point.
-const EARNINGS_LIMIT: i64 = 100_000_000_000_000;
 
 #[derive(Default)]
 pub struct Participations {
@@ -25,11 +23,11 @@ pub struct Participations {
     tokens_taken: HashSet<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Participation {
-    campaign_id: String,
-    streamer_id: String,
-    token: Option<String>,
+    campaign_id: ParticipantId,
+    streamer_id: ParticipantId,
+    token: Option<BrowserSourceToken>,
     impressions: i64,
     clicks: i64,
     chat_clicks: i64,
@@ -45,22 +43,9 @@ pub struct Participation {
     created_at: Option<DateTime<Utc>>,
 }
 
-fn is_token(token: &str) -> bool {
-    token.len() == 64 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn fresh_token() -> String {
-    let mut bytes = [0_u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
-fn participant(doc: &Value, name: &str) -> Result<String, String> {
+fn participant(doc: &Value, name: &str) -> Result<ParticipantId, String> {
     let id = extjson::field(doc, name).and_then(extjson::id).ok_or_else(|| format!("{name}: missing"))?;
-    if !is_participant_id(&id) {
-        return Err(format!("{name}: {id:?} is not 1-128 of [A-Za-z0-9._@:-]"));
-    }
-    Ok(id)
+    participant_id(name, &id)
 }
 
 fn text(doc: &Value, name: &str) -> Result<Option<String>, String> {
@@ -87,19 +72,18 @@ impl Importer for Participations {
     fn parse(&self, doc: &Value) -> Result<Parsed<Participation>, String> {
         let campaign_id = participant(doc, "campaignId")?;
         let streamer_id = participant(doc, "streamerId")?;
-        // Rounded per document as numeric(20, 6) would, so the events sum to the counter exactly.
-        let earnings = extjson::decimal(doc, "estimatedEarnings")?
-            .round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero);
-        if earnings >= Decimal::from(EARNINGS_LIMIT) {
-            return Err(format!("estimatedEarnings: {earnings} is too large"));
-        }
+        // Rounded per document as the column would, so the events sum to the counter exactly.
+        let earnings = extjson::decimal(doc, "estimatedEarnings")?;
+        let earnings =
+            Money::rounded("estimatedEarnings", earnings).map_err(|error| refused(error, earnings))?.decimal();
         let token = extjson::string(doc, "browserSourceToken")?;
+        let token = token.map(|raw| BrowserSourceToken::parse("browserSourceToken", &raw));
         let fixes = match &token {
-            Some(t) if !is_token(t) => vec!["malformed browserSourceToken dropped"],
+            Some(Err(_)) => vec!["malformed browserSourceToken dropped"],
             _ => Vec::new(),
         };
         let participation = Participation {
-            token: token.filter(|t| is_token(t)),
+            token: token.and_then(Result::ok),
             impressions: extjson::count(doc, "impressions")?,
             clicks: extjson::count(doc, "clicks")?,
             chat_clicks: extjson::count(doc, "chatClicks")?,
@@ -117,7 +101,7 @@ impl Importer for Participations {
             streamer_id,
         };
         Ok(Parsed {
-            key: format!("{},{}", participation.campaign_id, participation.streamer_id),
+            key: format!("{},{}", participation.campaign_id.as_str(), participation.streamer_id.as_str()),
             doc: participation,
             fixes,
         })
@@ -207,8 +191,8 @@ impl Participations {
                    updated_at = now()
                RETURNING id, (xmax::text = '0') AS "inserted!""#,
             Uuid::now_v7(),
-            total.campaign_id,
-            total.streamer_id,
+            total.campaign_id.as_str(),
+            total.streamer_id.as_str(),
             token,
             total.impressions,
             total.clicks,
@@ -260,25 +244,26 @@ impl Participations {
     ) -> anyhow::Result<String> {
         let existing = sqlx::query_scalar!(
             "SELECT browser_source_token FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
-            total.campaign_id,
-            total.streamer_id,
+            total.campaign_id.as_str(),
+            total.streamer_id.as_str(),
         )
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(token) = existing {
             return Ok(token);
         }
-        for token in docs.iter().filter_map(|d| d.token.as_deref()) {
-            let held = sqlx::query_scalar!("SELECT id FROM participations WHERE browser_source_token = $1", token)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if held.is_none() && self.tokens_taken.insert(token.to_owned()) {
-                return Ok(token.to_owned());
+        for token in docs.iter().filter_map(|d| d.token.as_ref()) {
+            let held =
+                sqlx::query_scalar!("SELECT id FROM participations WHERE browser_source_token = $1", token.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if held.is_none() && self.tokens_taken.insert(token.as_str().to_owned()) {
+                return Ok(token.as_str().to_owned());
             }
             summary.fix("browserSourceToken shared with another participation replaced");
         }
         summary.fix("fresh browserSourceToken generated");
-        Ok(fresh_token())
+        Ok(BrowserSourceToken::generate().as_str().to_owned())
     }
 }
 
