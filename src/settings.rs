@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A duration written as `90`, `90s`, `500ms`, `15m`, `24h` or `7d`.
+/// A duration as humantime reads it (`500ms`, `90s`, `15m`, `24h`, `7d`, `1h 30m`), or a bare
+/// number of seconds, which earlier releases accepted and deployments may still set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -16,18 +17,12 @@ impl FromStr for HumanDuration {
 
     fn from_str(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
-        let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-        let (number, unit) = raw.split_at(split);
-        let n: u64 = number.parse().map_err(|_| format!("{raw:?} is not a duration like 60s, 15m or 24h"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            _ => return Err(format!("unknown unit {unit:?} in {raw:?}: use ms, s, m, h or d")),
-        };
-        Ok(Self(d))
+        if let Ok(seconds) = raw.parse::<u64>() {
+            return Ok(Self(Duration::from_secs(seconds)));
+        }
+        humantime::parse_duration(raw)
+            .map(Self)
+            .map_err(|error| format!("{raw:?} is not a duration like 60s, 15m or 24h: {error}"))
     }
 }
 
@@ -132,6 +127,13 @@ mod tests {
         assert_eq!("24h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(86_400));
         assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
         assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert!("soon".parse::<HumanDuration>().is_err());
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("15m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(900));
+        assert_eq!("7d".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7 * 86_400));
+        assert_eq!(" 60s ".parse::<HumanDuration>().unwrap().0, Duration::from_secs(60));
+        assert_eq!("1h 30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
+        for bad in ["soon", "", "-5s", "5 parsecs"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?}");
+        }
     }
 }
