@@ -270,10 +270,9 @@ mod tests {
 
     #[test]
     fn a_header_that_describes_no_real_audio_is_not_decoded() {
-        let dir = std::env::temp_dir().join(format!("upsertd-wav-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let analysed = |name: &str, bytes: Vec<u8>| {
-            let path = dir.join(name);
+            let path = dir.path().join(name);
             std::fs::write(&path, &bytes).unwrap();
             analyse(&path, AudioFormat::Wav, bytes.len() as u64)
         };
@@ -284,6 +283,5 @@ mod tests {
             assert_eq!(value["decoded"], false, "{name}: {value}");
             assert!(value.get("duration_ms").is_none(), "{name}: no made-up duration");
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -11,13 +11,13 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 /// A Unix socket path must fit in `sun_path` (108 bytes on Linux, with its NUL).
 const MAX_SOCKET_PATH: usize = 100;
@@ -37,9 +37,9 @@ pub enum Durability {
 pub struct Cluster {
     pgdata: PathBuf,
     socket_dir: PathBuf,
-    /// `socket_dir` is a private folder made for this run (the data path was too long for a
-    /// socket), removed when the cluster stops.
-    private_socket_dir: bool,
+    /// `socket_dir` when it is a private folder made for this run (the data path was too long
+    /// for a socket): removed when the cluster stops.
+    private_socket_dir: Option<TempDir>,
     /// The superuser's password: the cluster authenticates every connection (SCRAM), so
     /// reaching its socket is not enough to become its superuser.
     password: String,
@@ -216,8 +216,8 @@ impl Cluster {
         self.stopped = true;
         signal(self.pid, libc::SIGINT);
         let stopped = self.exited.recv_timeout(STOP_TIMEOUT);
-        if self.private_socket_dir {
-            fs::remove_dir_all(&self.socket_dir).ok();
+        if let Some(folder) = self.private_socket_dir.take() {
+            folder.close().ok();
         }
         match stopped {
             Ok(_) => Ok(()),
@@ -442,35 +442,30 @@ fn wait_for_previous_postmaster(pgdata: &Path) -> anyhow::Result<()> {
 }
 
 /// The socket goes next to the data when the path fits (pgdata is private, mode 0700). Else
-/// into a folder made for this run with `mkdtemp`: an unpredictable name, created atomically
-/// with mode 0700, so nobody can have planted it or a symlink in its place; it is handed to
-/// the server's user through its file descriptor, never by a path that could be swapped.
-/// `true`: that private folder, to remove when the cluster stops.
-fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<(PathBuf, bool)> {
+/// into a folder made for this run: a random name, created atomically with mode 0700 (mkdir
+/// refuses a name anyone planted, a symlink included, and tempfile then retries with names
+/// from the OS's randomness), so nobody else can reach it; it is handed to the server's user
+/// through its file descriptor, never by a path that could be swapped. `Some`: that private
+/// folder, removed when dropped.
+fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<(PathBuf, Option<TempDir>)> {
     let socket_name_len = format!("/.s.PGSQL.{PORT}").len();
     if pgdata.as_os_str().len() + socket_name_len <= MAX_SOCKET_PATH {
-        return Ok((pgdata.to_owned(), false));
+        return Ok((pgdata.to_owned(), None));
     }
-    let template = std::env::temp_dir().join("upsertd-XXXXXX");
-    let template = CString::new(template.into_os_string().into_encoded_bytes())?;
-    let raw = template.into_raw();
-    // SAFETY: `raw` is a NUL-terminated buffer we own; mkdtemp rewrites its Xs in place.
-    let made = unsafe { libc::mkdtemp(raw) };
-    // SAFETY: `raw` came from `CString::into_raw` above and is taken back exactly once.
-    let template = unsafe { CString::from_raw(raw) };
-    if made.is_null() {
-        return Err(std::io::Error::last_os_error()).context("cannot create a private socket folder");
-    }
-    let dir = PathBuf::from(std::ffi::OsString::from_vec(template.into_bytes()));
+    let folder = tempfile::Builder::new()
+        .prefix("upsertd-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("cannot create a private socket folder")?;
     if run_as.switch {
-        let folder = fs::OpenOptions::new()
+        let opened = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(&dir)
-            .with_context(|| format!("cannot open {}", dir.display()))?;
-        std::os::unix::fs::fchown(&folder, Some(run_as.uid), Some(run_as.gid))?;
+            .open(folder.path())
+            .with_context(|| format!("cannot open {}", folder.path().display()))?;
+        std::os::unix::fs::fchown(&opened, Some(run_as.uid), Some(run_as.gid))?;
     }
-    Ok((dir, true))
+    Ok((folder.path().to_owned(), Some(folder)))
 }
 
 fn spawn_postgres(

@@ -185,7 +185,7 @@ async fn a_dry_run_reports_what_it_would_do_and_writes_nothing() {
 #[tokio::test]
 async fn documents_postgresql_would_refuse_are_rejected_alone() {
     let app = TestApp::spawn().await;
-    let file = std::env::temp_dir().join(format!("refused-{}.jsonl", uuid::Uuid::new_v4().simple()));
+    let file = tempfile::NamedTempFile::new().unwrap();
     let lines = [
         r#"{"sessionId":"ok-1"}"#,
         r#"{"sessionId":"old","createdAt":{"$date":{"$numberLong":"-400000000000000"}}}"#,
@@ -194,17 +194,16 @@ async fn documents_postgresql_would_refuse_are_rejected_alone() {
         r#"{"sessionId":"ok-3","messages":[{"role":"user","text":"t","timestamp":{"$date":{"$numberLong":"-400000000000000"}}}]}"#,
         r#"{"sessionId":"ok-4"}"#,
     ];
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    std::fs::write(file.path(), lines.join("\n")).unwrap();
     let args = ImportArgs {
         collection: Collection::Conversations,
-        file: file.clone(),
+        file: file.path().to_owned(),
         dry_run: false,
         batch_size: 2,
         map_out: None,
     };
     let mut conn = app.pool.acquire().await.unwrap();
     let summary = import_file(&mut conn, &args).await.unwrap_or_else(|e| panic!("the import aborted: {e:#}"));
-    std::fs::remove_file(&file).ok();
     assert_eq!(rejected_lines(&summary), [2, 4, 5], "{}", summary.render());
     assert_eq!(summary.inserted, 3, "{}", summary.render());
     assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 'ok-%'").await, 3);
