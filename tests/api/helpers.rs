@@ -126,6 +126,28 @@ impl TestApp {
         address
     }
 
+    /// A URL that reaches this test's own database, for the binary run as another process.
+    pub fn database_url(&self) -> String {
+        let options = self.pool.connect_options();
+        let database = options.get_database().expect("test pools name their database");
+        if let Some(mut url) =
+            std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).and_then(|u| url::Url::parse(&u).ok())
+        {
+            url.set_path(database);
+            return url.to_string();
+        }
+        let socket = options.get_socket().expect("the test cluster listens on a socket");
+        // The embedded cluster asks for its superuser's password, kept in pgpass beside it.
+        let pgpass = std::fs::read_to_string(scratch_dir("cluster").join("pgpass")).expect("the test cluster's pgpass");
+        let password = pgpass.trim().rsplit(':').next().unwrap().to_owned();
+        format!(
+            "postgres://{}:{password}@localhost:{}/{database}?host={}",
+            options.get_username(),
+            options.get_port(),
+            socket.display()
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

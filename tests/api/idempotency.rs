@@ -387,7 +387,9 @@ async fn a_crash_mid_load_loses_no_click_and_counts_none_twice() {
                 .await
         })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while answered.lock().unwrap().len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "100 of the keys were not answered within 60 s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     server.kill().unwrap();

@@ -1,4 +1,4 @@
-use crate::cluster::free_port;
+use crate::cluster::{free_port, start_binary};
 use crate::helpers::{assert_problem, scratch_dir, TestApp};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -90,37 +90,42 @@ fn series(text: &str, name: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// The recorder is the process's, and other tests here count into it at the same time: this
+/// test's requests go to the binary, a process of its own on this test's database, so every
+/// series it reads moves by exactly its own requests.
 #[tokio::test]
 async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_request_id() {
     let app = TestApp::spawn().await;
-    let read = || async { app.get("/metrics").await.text().await.unwrap() };
-    let watched = [
-        r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="201"}"#,
-        r#"upsertd_upserts_total{resource="chat",outcome="inserted"}"#,
-        r#"upsertd_upserts_total{resource="chat",outcome="unchanged"}"#,
-        "upsertd_idempotent_replays_total",
+    let port = free_port();
+    let _server = start_binary(&app.data_dir, port, &[("DATABASE_URL", &app.database_url())]).await;
+    let (client, base) = (reqwest::Client::new(), format!("http://127.0.0.1:{port}"));
+    let read = || async { client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() };
+    let chat = || client.post(format!("{base}/api/chats")).json(&json!({"participants": ["m1", "m2"]})).send();
+    let keyed = || {
+        let conversations = client.post(format!("{base}/api/conversations"));
+        conversations.header("idempotency-key", "metrics-key").json(&json!({})).send()
+    };
+    let expected = [
+        (r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="201"}"#, 1.0),
+        (r#"upsertd_http_requests_total{route="/api/chats",method="POST",status="200"}"#, 1.0),
+        (r#"upsertd_http_requests_total{route="/api/conversations",method="POST",status="201"}"#, 2.0),
+        (r#"upsertd_upserts_total{resource="chat",outcome="inserted"}"#, 1.0),
+        (r#"upsertd_upserts_total{resource="chat",outcome="unchanged"}"#, 1.0),
+        (r#"upsertd_upserts_total{resource="conversation",outcome="inserted"}"#, 1.0),
+        ("upsertd_idempotent_replays_total", 1.0),
     ];
     let before = read().await;
-    let first = app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
+    let first = chat().await.unwrap();
     assert!(first.headers().contains_key("x-request-id"));
-    app.post_json("/api/chats", json!({"participants": ["m1", "m2"]})).await;
-    for _ in 0..2 {
-        app.client
-            .post(app.url("/api/conversations"))
-            .header("idempotency-key", "metrics-key")
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-    }
-    let echoed = app.client.get(app.url("/healthz")).header("x-request-id", "trace-123").send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(chat().await.unwrap().status(), 200);
+    assert_eq!(keyed().await.unwrap().status(), 201);
+    assert_eq!(keyed().await.unwrap().headers()["idempotent-replayed"], "true");
+    let echoed = client.get(format!("{base}/healthz")).header("x-request-id", "trace-123").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-123");
     let after = read().await;
-    // Other tests share the process's recorder: each counter moved at least by this test's own
-    // requests (one insert, one unchanged, one replay).
-    for name in watched {
-        let moved = series(&after, name) - series(&before, name);
-        assert!(moved >= 1.0, "{name} moved by {moved}");
+    for (name, delta) in expected {
+        assert_eq!(series(&after, name) - series(&before, name), delta, "{name}");
     }
     for name in
         ["upsertd_http_request_duration_seconds_bucket", "upsertd_db_pool_connections", "upsertd_db_pool_waiting"]
