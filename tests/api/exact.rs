@@ -177,17 +177,13 @@ async fn concurrent_viewer_samples_are_answered_with_the_mean_and_peak_up_to_the
 async fn import_counts(app: &TestApp, id: &str, impressions: i64, clicks: i64, earnings: &str) {
     let id = uuid::Uuid::parse_str(id).unwrap();
     let earnings = Decimal::from_str(earnings).unwrap();
-    sqlx::query("UPDATE participations SET impressions = $2, clicks = $3, estimated_earnings = $4 WHERE id = $1")
-        .bind(id)
-        .bind(impressions)
-        .bind(clicks)
-        .bind(earnings)
-        .execute(&app.pool)
-        .await
-        .unwrap();
     sqlx::query(
-        "INSERT INTO participation_events (participation_id, kind, impressions, clicks, earnings)
-         VALUES ($1, 'import', $2, $3, $4)",
+        "WITH moved AS (
+             UPDATE participations SET impressions = impressions + $2, clicks = clicks + $3,
+                 estimated_earnings = estimated_earnings + $4
+             WHERE id = $1 RETURNING id)
+         INSERT INTO participation_events (participation_id, kind, impressions, clicks, earnings)
+         SELECT id, 'import', $2, $3, $4 FROM moved",
     )
     .bind(id)
     .bind(impressions)

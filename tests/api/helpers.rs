@@ -79,6 +79,7 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     db_name: String,
     handles: Vec<actix_web::dev::ServerHandle>,
+    audit_at_end: bool,
 }
 
 fn start_server(pool: &PgPool, data_dir: &Path, flags: &[&str]) -> (String, actix_web::dev::ServerHandle) {
@@ -115,7 +116,13 @@ impl TestApp {
             .unwrap();
         let data_dir = scratch_dir(&format!("apps/{db_name}"));
         let (address, handle) = start_server(&pool, &data_dir, flags);
-        Self { address, client: reqwest::Client::new(), pool, data_dir, db_name, handles: vec![handle] }
+        let client = reqwest::Client::new();
+        Self { address, client, pool, data_dir, db_name, handles: vec![handle], audit_at_end: true }
+    }
+
+    /// For a test that breaks its database on purpose, which the audit at its end would report.
+    pub fn skip_final_audit(&mut self) {
+        self.audit_at_end = false;
     }
 
     /// Another server on this test's database, as a second upsertd process would be (its own
@@ -238,6 +245,19 @@ impl TestApp {
     }
 }
 
+/// Every test that passes also proves its database keeps the contract: the ledger, the message
+/// counts, no key stuck (`upsertd audit`'s checks).
+async fn final_audit(database: &PgConnectOptions, data_dir: &Path) -> Result<(), String> {
+    let mut conn = PgConnection::connect_with(database).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let report = upsertd::ops::audit::run(&mut conn, data_dir).await.map_err(|e| format!("{e:#}"))?;
+    conn.close().await.ok();
+    if report.clean {
+        Ok(())
+    } else {
+        Err(report.render())
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         // The stop command is sent when called; awaiting its completion is not needed here.
@@ -247,19 +267,28 @@ impl Drop for TestApp {
         let admin = server().admin.clone();
         let db_name = self.db_name.clone();
         let data_dir = self.data_dir.clone();
+        // A test that failed has said why already.
+        let audit = self.audit_at_end && !std::thread::panicking();
         // Drop runs inside the test's runtime, which cannot block on itself.
-        let _ = std::thread::spawn(move || {
+        let audited = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
+            let audited = runtime.block_on(async {
+                let audited =
+                    if audit { final_audit(&admin.clone().database(&db_name), &data_dir).await } else { Ok(()) };
                 if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
                         .execute(&mut conn)
                         .await;
                 }
+                audited
             });
             let _ = std::fs::remove_dir_all(data_dir);
+            audited
         })
         .join();
+        if let Ok(Err(findings)) = audited {
+            panic!("the audit at the end of the test:\n{findings}");
+        }
     }
 }
 
