@@ -19,6 +19,85 @@ pub async fn waiting<T>(acquire: impl std::future::Future<Output = T>) -> T {
     acquired
 }
 
+/// What a store says happened in the database; the HTTP edge (`error.rs`) decides what each
+/// means to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached, is shutting down or is out of resources.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// A concurrent write got in the way (a unique violation of a race, a serialization
+    /// failure, a deadlock): the same request may well succeed again.
+    #[error("a concurrent write got in the way: {0}")]
+    Conflict(sqlx::Error),
+    /// A constraint refused a value: the field it guards, as the statement that can raise it
+    /// maps it ([`rejects`]).
+    #[error("{field}: refused by the database")]
+    Refused { field: &'static str },
+    /// A value is already used where it must be unique (a message id, by another conversation).
+    #[error("{field} is already used by another {by}")]
+    Taken { field: String, by: &'static str },
+    /// `If-Match` named another version, or a row that does not exist.
+    #[error("version mismatch: {0}")]
+    VersionMismatch(String),
+    /// A failure no statement should have: a bug, or an operator's hand in the tables.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => StoreError::Unavailable(error),
+            E::Database(db) => match db.code().unwrap_or_default().as_ref() {
+                // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
+                c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                    StoreError::Unavailable(error)
+                }
+                // Someone else got there first: safe to retry, and never a 500.
+                "23505" | "40001" | "40P01" => {
+                    tracing::warn!(error = %db, "unexpected write conflict");
+                    StoreError::Conflict(error)
+                }
+                _ => StoreError::Other(anyhow::Error::new(error)),
+            },
+            _ => StoreError::Other(anyhow::Error::new(error)),
+        }
+    }
+}
+
+/// The constraints a statement can break, each with the request field it guards.
+pub type Guards = &'static [(&'static str, &'static str)];
+
+/// Classifies a statement's error knowing which constraints it can break (`guards`, written
+/// next to the statement): a CHECK, foreign key or length limit that one of them names is
+/// [`StoreError::Refused`] with its field; anything else as any database error.
+pub fn rejects(guards: Guards) -> impl Fn(sqlx::Error) -> StoreError {
+    move |error| {
+        let field = match &error {
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23503" | "23514" | "22001")) => {
+                db.constraint().and_then(|name| guards.iter().find(|(constraint, _)| *constraint == name))
+            }
+            _ => None,
+        };
+        match field {
+            Some((_, field)) => StoreError::Refused { field },
+            None => error.into(),
+        }
+    }
+}
+
+/// What a store says when a row that cannot be missing is: one a statement of this request
+/// just found in its way (`ON CONFLICT DO NOTHING`) or holds locked, and that no route deletes.
+/// A retry would not find it either: no conflict to retry, a failure, logged with what vanished.
+pub fn vanished(what: &'static str) -> StoreError {
+    tracing::error!(what, "a row that no route deletes is missing");
+    StoreError::Other(anyhow::anyhow!("the {what} row vanished"))
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The database upsertd talks to, and the cluster behind it when upsertd runs its own.

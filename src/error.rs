@@ -1,9 +1,10 @@
 //! One error type for the HTTP layer, rendered as RFC 9457 problem documents.
 //!
-//! Store functions return [`ApiError`] directly: a database error is classified here once
-//! (outage, named constraint, anything else) so that no handler has to think about it, and a
-//! unique violation can never surface as a 500.
+//! Stores say what happened in the database ([`StoreError`]: an outage, a conflict, a refused
+//! field, a version mismatch); this is where that becomes an answer, so a unique violation can
+//! never surface as a 500.
 
+use crate::db::StoreError;
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header::{self, HeaderValue};
@@ -150,15 +151,6 @@ impl ApiError {
             _ => None,
         }
     }
-}
-
-/// The answer when a row that cannot be missing is: one a statement of this request just found
-/// in its way (`ON CONFLICT DO NOTHING`), or holds locked, and that no route deletes. A retry
-/// would not find it either, so this is no 409 to retry but an internal error, logged with
-/// what was missing.
-pub fn vanished(what: &'static str) -> ApiError {
-    tracing::error!(what, "a row that no route deletes is missing");
-    ApiError::Internal(anyhow::anyhow!("the {what} row vanished"))
 }
 
 /// Marks a response (in its extensions) that tells nothing about the request itself: a
@@ -334,51 +326,24 @@ impl utoipa::IntoResponses for ConditionalWrite {
     }
 }
 
-/// Maps a named constraint to the request field it guards, so that a row a CHECK or foreign
-/// key rejects becomes a 422 that names the field instead of a 500.
-fn constraint_field(constraint: &str) -> Option<&'static str> {
-    Some(match constraint {
-        "conversations_session_id_format" => "session_id",
-        "conversations_audio_id_fkey" => "audio_id",
-        "messages_audio_id_fkey" => "messages[].audio_id",
-        "messages_role_is_user_or_bot" => "messages[].role",
-        "chats_has_2_to_32_participants" => "participants",
-        _ if constraint.starts_with("participations_") && constraint.ends_with("_not_negative") => "counter",
-        _ => return None,
-    })
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(error) => ApiError::DatabaseUnavailable(error.to_string()),
+            StoreError::Conflict(_) => ApiError::Conflict,
+            StoreError::Refused { field } => {
+                ApiError::invalid(field, "rejected by the database: out of range or unknown reference")
+            }
+            StoreError::Taken { field, by } => ApiError::invalid(field, format!("is already used by another {by}")),
+            StoreError::VersionMismatch(why) => ApiError::VersionMismatch(why),
+            StoreError::Other(error) => ApiError::Internal(error),
+        }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-                ApiError::DatabaseUnavailable(error.to_string())
-            }
-            E::Database(db) => {
-                let code = db.code().unwrap_or_default();
-                match code.as_ref() {
-                    // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
-                    c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
-                        ApiError::DatabaseUnavailable(error.to_string())
-                    }
-                    // A unique violation or a lost serialisation race means "someone else got
-                    // there first": the request is safe to retry, and is never a 500.
-                    "23505" | "40001" | "40P01" => {
-                        tracing::warn!(error = %db, "unexpected write conflict");
-                        ApiError::Conflict
-                    }
-                    "23503" | "23514" | "22001" => match db.constraint().and_then(constraint_field) {
-                        Some(field) => {
-                            ApiError::invalid(field, "rejected by the database: out of range or unknown reference")
-                        }
-                        None => ApiError::Internal(anyhow::Error::new(error)),
-                    },
-                    _ => ApiError::Internal(anyhow::Error::new(error)),
-                }
-            }
-            _ => ApiError::Internal(anyhow::Error::new(error)),
-        }
+        StoreError::from(error).into()
     }
 }
 

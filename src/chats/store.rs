@@ -1,7 +1,7 @@
 //! All SQL of chats.
 
+use crate::db::{rejects, vanished, StoreResult};
 use crate::domain::ParticipantsKey;
-use crate::error::{vanished, ApiResult};
 use crate::pagination::{Cursor, Page, PageRequest};
 use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
@@ -33,7 +33,7 @@ impl Chat {
 /// nothing, `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which never raises a unique
 /// violation; when that returns nothing too, a concurrent caller inserted the chat between our
 /// two statements and committed (DO NOTHING waits for it), so a second `SELECT` sees it.
-pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> ApiResult<(Chat, Outcome)> {
+pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> StoreResult<(Chat, Outcome)> {
     if let Some(chat) = find_by_key(conn, key).await? {
         return Ok((chat, Outcome::Unchanged));
     }
@@ -47,14 +47,15 @@ pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> Ap
         key.as_str(),
     )
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(rejects(&[("chats_has_2_to_32_participants", "participants")]))?;
     match inserted {
         Some(chat) => Ok((chat, Outcome::Inserted)),
         None => Ok((find_by_key(conn, key).await?.ok_or_else(|| vanished("chat"))?, Outcome::Unchanged)),
     }
 }
 
-async fn find_by_key(conn: &mut PgConnection, key: &ParticipantsKey) -> ApiResult<Option<Chat>> {
+async fn find_by_key(conn: &mut PgConnection, key: &ParticipantsKey) -> StoreResult<Option<Chat>> {
     Ok(sqlx::query_as!(
         Chat,
         "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = $1",
@@ -64,7 +65,7 @@ async fn find_by_key(conn: &mut PgConnection, key: &ParticipantsKey) -> ApiResul
     .await?)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Chat>> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Chat>> {
     Ok(sqlx::query_as!(Chat, "SELECT id, participants, participants_key, created_at FROM chats WHERE id = $1", id)
         .fetch_optional(conn)
         .await?)
@@ -72,7 +73,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Chat>> {
 
 /// Chats that include `participant`, newest first. `participants @> ARRAY[$1]` is answered
 /// by the GIN index `chats_participants_gin`.
-pub async fn list_for(conn: &mut PgConnection, participant: &str, page: PageRequest) -> ApiResult<Page<Chat>> {
+pub async fn list_for(conn: &mut PgConnection, participant: &str, page: PageRequest) -> StoreResult<Page<Chat>> {
     let after = page.after.map(|c| (DateTime::<Utc>::from_timestamp_micros(c.position), c.id));
     let rows = sqlx::query_as!(
         Chat,

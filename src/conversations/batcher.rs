@@ -52,7 +52,7 @@ impl Batcher {
 async fn write(pool: &PgPool, jobs: Vec<Job>) {
     let statement = async |inputs: &[&AnalysisUpsert]| {
         let mut conn = crate::db::waiting(pool.acquire()).await?;
-        store::upsert_many(&mut conn, inputs).await
+        Ok(store::upsert_many(&mut conn, inputs).await?)
     };
     coalesce::settle(jobs, statement, "upsert").await;
 }

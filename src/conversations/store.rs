@@ -3,8 +3,8 @@
 use super::model::{
     AnalysisUpsert, AudioFile, Conversation, ConversationRow, Expected, Message, NewConversation, NewMessage,
 };
+use crate::db::{rejects, vanished, Guards, StoreError, StoreResult};
 use crate::domain::SessionId;
-use crate::error::{vanished, ApiError, ApiResult};
 use crate::pagination::{Cursor, Page, PageRequest};
 use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
@@ -13,8 +13,15 @@ use sqlx::{Connection, PgConnection};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// What a conversation's row refuses, by the field it guards.
+const CONVERSATION_GUARDS: Guards =
+    &[("conversations_session_id_format", "session_id"), ("conversations_audio_id_fkey", "audio_id")];
+/// What a message's row refuses, by the field it guards.
+const MESSAGE_GUARDS: Guards =
+    &[("messages_audio_id_fkey", "messages[].audio_id"), ("messages_role_is_user_or_bot", "messages[].role")];
+
 /// Create-or-get. An existing conversation is returned as it is: no write, no new version.
-pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> ApiResult<(Conversation, Outcome)> {
+pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> StoreResult<(Conversation, Outcome)> {
     let session_id = new.session_id.unwrap_or_else(SessionId::generate);
     let inserted = sqlx::query_as!(
         ConversationRow,
@@ -27,7 +34,8 @@ pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> Api
         new.language,
     )
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(rejects(CONVERSATION_GUARDS))?;
     // DO NOTHING waited for any concurrent inserter to commit, so the row is visible now.
     let (row, outcome) = match inserted {
         Some(row) => (row, Outcome::Inserted),
@@ -39,7 +47,7 @@ pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> Api
 /// The one write behind both steps of the legacy flow, save-analysis and upload-audio, for one
 /// request on its own connection (see [`upsert_many`]). With `If-Match` the stored version is
 /// checked under a row lock first, in the same transaction.
-pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) -> StoreResult<(Conversation, Outcome)> {
     let Some(expected) = input.expected_version else {
         return upsert_one(conn, input).await;
     };
@@ -51,9 +59,9 @@ pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) ->
     .fetch_optional(&mut *tx)
     .await?;
     match (stored, expected) {
-        (None, _) => return Err(ApiError::VersionMismatch("If-Match: no conversation has this session_id".into())),
+        (None, _) => return Err(StoreError::VersionMismatch("If-Match: no conversation has this session_id".into())),
         (Some(stored), Expected::Version(wanted)) if stored != wanted => {
-            return Err(ApiError::VersionMismatch(format!("If-Match: the stored version is {stored}, not {wanted}")))
+            return Err(StoreError::VersionMismatch(format!("If-Match: the stored version is {stored}, not {wanted}")))
         }
         _ => {}
     }
@@ -62,7 +70,7 @@ pub async fn upsert_analysis(conn: &mut PgConnection, input: &AnalysisUpsert) ->
     Ok(result)
 }
 
-async fn upsert_one(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
+async fn upsert_one(conn: &mut PgConnection, input: &AnalysisUpsert) -> StoreResult<(Conversation, Outcome)> {
     Ok(upsert_many(conn, &[input]).await?.pop().expect("one row in, one row out"))
 }
 
@@ -77,7 +85,7 @@ async fn upsert_one(conn: &mut PgConnection, input: &AnalysisUpsert) -> ApiResul
 pub async fn upsert_many(
     conn: &mut PgConnection,
     inputs: &[&AnalysisUpsert],
-) -> ApiResult<Vec<(Conversation, Outcome)>> {
+) -> StoreResult<Vec<(Conversation, Outcome)>> {
     let Some(shape) = inputs.first().map(|input| input.shape()) else { return Ok(Vec::new()) };
     debug_assert!(inputs.iter().all(|input| input.shape() == shape), "one statement, one shape");
     let ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
@@ -118,7 +126,8 @@ pub async fn upsert_many(
         &inputs.iter().map(|input| input.audio_id.value().copied()).collect::<Vec<_>>() as &[Option<Uuid>],
     )
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .map_err(rejects(CONVERSATION_GUARDS))?;
     // Inserts start at version 1 and every update adds one, so a returned version 1 can only
     // be this statement's insert. A row not returned was left as it was.
     let mut found: HashMap<String, (ConversationRow, Outcome)> = written
@@ -150,21 +159,25 @@ pub async fn upsert_many(
         .collect()
 }
 
-pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> ApiResult<Option<Conversation>> {
+pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<Conversation>> {
     match find_row(conn, session_id).await? {
         Some(row) => Ok(Some(with_audio(conn, row).await?)),
         None => Ok(None),
     }
 }
 
-async fn find_row(conn: &mut PgConnection, session_id: &SessionId) -> ApiResult<Option<ConversationRow>> {
+async fn find_row(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<ConversationRow>> {
     Ok(sqlx::query_as!(ConversationRow, "SELECT * FROM conversations WHERE session_id = $1", session_id.as_str())
         .fetch_optional(conn)
         .await?)
 }
 
 /// Newest first, keyed on (created_at, id).
-pub async fn list(conn: &mut PgConnection, user_id: Option<&str>, page: PageRequest) -> ApiResult<Page<Conversation>> {
+pub async fn list(
+    conn: &mut PgConnection,
+    user_id: Option<&str>,
+    page: PageRequest,
+) -> StoreResult<Page<Conversation>> {
     let after = page.after.map(|c| (DateTime::<Utc>::from_timestamp_micros(c.position), c.id));
     let rows = sqlx::query_as!(
         ConversationRow,
@@ -188,7 +201,7 @@ pub async fn list(conn: &mut PgConnection, user_id: Option<&str>, page: PageRequ
     }))
 }
 
-async fn with_audio(conn: &mut PgConnection, row: ConversationRow) -> ApiResult<Conversation> {
+async fn with_audio(conn: &mut PgConnection, row: ConversationRow) -> StoreResult<Conversation> {
     let audio = match row.audio_id {
         Some(id) => audio_by_id(conn, vec![id]).await?.pop(),
         None => None,
@@ -196,7 +209,7 @@ async fn with_audio(conn: &mut PgConnection, row: ConversationRow) -> ApiResult<
     Ok(Conversation::new(row, audio))
 }
 
-async fn audio_by_id(conn: &mut PgConnection, ids: Vec<Uuid>) -> ApiResult<Vec<AudioFile>> {
+async fn audio_by_id(conn: &mut PgConnection, ids: Vec<Uuid>) -> StoreResult<Vec<AudioFile>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -217,7 +230,7 @@ async fn audio_by_id(conn: &mut PgConnection, ids: Vec<Uuid>) -> ApiResult<Vec<A
         .collect())
 }
 
-pub async fn get_audio(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<AudioFile>> {
+pub async fn get_audio(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<AudioFile>> {
     Ok(audio_by_id(conn, vec![id]).await?.pop())
 }
 
@@ -228,7 +241,7 @@ pub async fn save_audio(
     content_type: &str,
     bytes: i64,
     analysis: &Value,
-) -> ApiResult<AudioFile> {
+) -> StoreResult<AudioFile> {
     let inserted = sqlx::query_scalar!(
         "INSERT INTO audio_files (id, sha256, content_type, bytes, analysis) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (sha256) DO NOTHING
@@ -261,7 +274,7 @@ pub async fn append_messages(
     conn: &mut PgConnection,
     session_id: &SessionId,
     messages: &[NewMessage],
-) -> ApiResult<(Conversation, Vec<Message>, Outcome)> {
+) -> StoreResult<(Conversation, Vec<Message>, Outcome)> {
     let mut tx = conn.begin().await?;
     let (conversation_id, created) = lock_or_create(&mut tx, session_id).await?;
     let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
@@ -304,12 +317,13 @@ pub async fn append_messages(
         created,
     )
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    .map_err(rejects(MESSAGE_GUARDS))?;
     let mut stored =
         sqlx::query_as!(Message, "SELECT * FROM messages WHERE id = ANY($1)", &ids).fetch_all(&mut *tx).await?;
     if let Some(i) = stored.iter().position(|m| m.conversation_id != conversation_id) {
         let index = ids.iter().position(|id| *id == stored[i].id).unwrap_or_default();
-        return Err(ApiError::invalid(format!("messages[{index}].id"), "is already used by another conversation"));
+        return Err(StoreError::Taken { field: format!("messages[{index}].id"), by: "conversation" });
     }
     stored.sort_by_key(|m| ids.iter().position(|id| *id == m.id));
     let outcome = if updated.is_some() { Outcome::Inserted } else { Outcome::Unchanged };
@@ -323,14 +337,15 @@ pub async fn append_messages(
 }
 
 /// Returns the conversation's id with its row locked until commit, inserting it if missing.
-async fn lock_or_create(tx: &mut PgConnection, session_id: &SessionId) -> ApiResult<(Uuid, bool)> {
+async fn lock_or_create(tx: &mut PgConnection, session_id: &SessionId) -> StoreResult<(Uuid, bool)> {
     let inserted = sqlx::query_scalar!(
         "INSERT INTO conversations (id, session_id) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING RETURNING id",
         Uuid::now_v7(),
         session_id.as_str()
     )
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    .map_err(rejects(CONVERSATION_GUARDS))?;
     if let Some(id) = inserted {
         return Ok((id, true));
     }
@@ -346,7 +361,7 @@ pub async fn list_messages(
     conn: &mut PgConnection,
     session_id: &SessionId,
     page: PageRequest,
-) -> ApiResult<Option<Page<Message>>> {
+) -> StoreResult<Option<Page<Message>>> {
     let Some(conversation_id) =
         sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1", session_id.as_str())
             .fetch_optional(&mut *conn)

@@ -71,8 +71,8 @@ impl Writer {
 
     /// On success with a claimed key: store the response in the transaction, then commit.
     /// On an error the transaction rolls back (dropped) and the guard decides what to keep.
-    pub async fn finish(&self, conn: WriteConn, result: ApiResult<Reply>) -> ApiResult<HttpResponse> {
-        let reply = result?;
+    pub async fn finish(&self, conn: WriteConn, result: Result<Reply, impl Into<ApiError>>) -> ApiResult<HttpResponse> {
+        let reply = result.map_err(Into::into)?;
         if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
             if !store::complete(&mut tx, claim, &StoredResponse::from(&reply)).await? {
                 // Our lease ran out and a retry owns the key now: its run counts, not ours.

@@ -160,7 +160,7 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
         let deltas: Vec<&Delta> = pending[..take].iter().map(|job| &job.input.delta).collect();
         let claims: Vec<(usize, &Claim)> =
             pending[..take].iter().enumerate().filter_map(|(n, job)| Some((n, job.input.claim.as_ref()?))).collect();
-        match store::apply(&mut conn, id, &deltas, &prefixes, &claims, config).await {
+        match store::apply(&mut conn, id, &deltas, &prefixes, &claims, config).await.map_err(ApiError::from) {
             // Unknown id: nothing was written; the guard records the 404 of each key like any 4xx.
             Ok(Ok(Applied::Unknown)) => pending.drain(..).for_each(|job| job.answer(Err(not_found()))),
             Ok(Ok(Applied::Rows { before, applied: true })) => {

@@ -210,7 +210,7 @@ pub async fn chat_command(
     let command = body.0.validate()?;
     let mut conn = writer.begin().await?;
     let result = store::set_chat_command(&mut conn, path.0 .0, command.as_deref(), &overlay_base(&public)).await;
-    writer.finish(conn, result.and_then(updated)).await
+    writer.finish(conn, result.map_err(ApiError::from).and_then(updated)).await
 }
 
 /// Makes the QR code of the tracking URL. Rendering happens before a connection is taken.
@@ -242,7 +242,7 @@ pub async fn make_qr_code(
     let image_url = format!("{url}/qr-code.png");
     let mut conn = writer.begin().await?;
     let result = store::set_qr_code(&mut conn, id, &image, &url, &image_url).await;
-    writer.finish(conn, result.and_then(updated)).await
+    writer.finish(conn, result.map_err(ApiError::from).and_then(updated)).await
 }
 
 #[utoipa::path(

@@ -1,8 +1,8 @@
 //! All SQL of participations and their ledger.
 
 use super::model::{Delta, Overlay, Participation, Prefix};
+use crate::db::{rejects, vanished, Guards, StoreResult};
 use crate::domain::{BrowserSourceToken, ParticipantId};
-use crate::error::{vanished, ApiResult};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
 use crate::reply::Outcome;
 use rust_decimal::Decimal;
@@ -16,7 +16,7 @@ pub async fn create_or_get(
     conn: &mut PgConnection,
     campaign: &ParticipantId,
     streamer: &ParticipantId,
-) -> ApiResult<(Participation, Outcome)> {
+) -> StoreResult<(Participation, Outcome)> {
     if let Some(found) = find_by_pair(conn, campaign, streamer).await? {
         return Ok((found, Outcome::Unchanged));
     }
@@ -46,7 +46,7 @@ async fn find_by_pair(
     conn: &mut PgConnection,
     campaign: &ParticipantId,
     streamer: &ParticipantId,
-) -> ApiResult<Option<Participation>> {
+) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
         "SELECT * FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
@@ -57,7 +57,7 @@ async fn find_by_pair(
     .await?)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Participation>> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(Participation, "SELECT * FROM participations WHERE id = $1", id).fetch_optional(conn).await?)
 }
 
@@ -75,6 +75,19 @@ pub enum Applied {
     /// holds, and nothing was written (`before.overflow` finds the first write that does).
     Rows { before: Box<Participation>, applied: bool },
 }
+
+/// What the counters refuse (none can go below zero), by the column each guards: counter
+/// deltas are never negative, so this is a bug's or an operator's hand, named all the same.
+const COUNTER_GUARDS: Guards = &[
+    ("participations_impressions_not_negative", "impressions"),
+    ("participations_clicks_not_negative", "clicks"),
+    ("participations_chat_clicks_not_negative", "chat_clicks"),
+    ("participations_qr_scans_not_negative", "qr_scans"),
+    ("participations_link_clicks_not_negative", "link_clicks"),
+    ("participations_estimated_earnings_not_negative", "estimated_earnings"),
+    ("participations_viewer_samples_not_negative", "viewer_samples"),
+    ("participations_avg_viewer_count_not_negative", "avg_viewer_count"),
+];
 
 /// Applies counter writes - one, or several that arrived together for this participation -
 /// and records the answer of each keyed one, in one autocommit statement.
@@ -103,7 +116,7 @@ pub async fn apply(
     prefixes: &[Prefix],
     claims: &[(usize, &Claim)],
     config: IdempotencyConfig,
-) -> ApiResult<Result<Applied, KeyHeld>> {
+) -> StoreResult<Result<Applied, KeyHeld>> {
     debug_assert_eq!(deltas.len(), prefixes.len(), "one prefix per write");
     let column = |f: fn(&Delta) -> i64| deltas.iter().map(|d| f(d)).collect::<Vec<_>>();
     let kinds: Vec<&str> = deltas.iter().map(|d| d.kind).collect();
@@ -215,7 +228,7 @@ pub async fn apply(
     .await;
     let row = match row {
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => return Ok(Err(KeyHeld)),
-        row => row?,
+        row => row.map_err(rejects(COUNTER_GUARDS))?,
     };
     let Some(row) = row else { return Ok(Ok(Applied::Unknown)) };
     let before = Box::new(Participation {
@@ -246,7 +259,7 @@ pub async fn apply(
 /// again by PostgreSQL itself, so every value is exactly the one the live answer was rendered
 /// from. These rows live for the key TTL: a migration that adds a NOT NULL column to
 /// `participations` must also add it to the rows already written, or their replays fail.
-pub async fn recorded(conn: &mut PgConnection, row: serde_json::Value) -> ApiResult<Participation> {
+pub async fn recorded(conn: &mut PgConnection, row: serde_json::Value) -> StoreResult<Participation> {
     // Unchecked at compile time: `jsonb_populate_record` hides the columns' nullability from
     // the macros, and `*` keeps this in step with the table.
     Ok(sqlx::query_as("SELECT * FROM jsonb_populate_record(NULL::participations, $1)")
@@ -262,7 +275,7 @@ pub async fn set_chat_command(
     id: Uuid,
     command: Option<&str>,
     overlay_base: &str,
-) -> ApiResult<Option<Participation>> {
+) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
         "UPDATE participations
@@ -285,7 +298,7 @@ pub async fn set_qr_code(
     png: &[u8],
     tracking_url: &str,
     qr_code_url: &str,
-) -> ApiResult<Option<Participation>> {
+) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
         r#"WITH image AS (
@@ -305,14 +318,14 @@ pub async fn set_qr_code(
     .await?)
 }
 
-pub async fn qr_code_png(conn: &mut PgConnection, id: Uuid) -> ApiResult<Option<Vec<u8>>> {
+pub async fn qr_code_png(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar!("SELECT png FROM participation_qr_codes WHERE participation_id = $1", id)
         .fetch_optional(conn)
         .await?)
 }
 
 /// The QR image of the participation that holds `token`, for the overlay that shows it.
-pub async fn overlay_qr_code_png(conn: &mut PgConnection, token: &str) -> ApiResult<Option<Vec<u8>>> {
+pub async fn overlay_qr_code_png(conn: &mut PgConnection, token: &str) -> StoreResult<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar!(
         "SELECT q.png FROM participation_qr_codes q JOIN participations p ON p.id = q.participation_id
          WHERE p.browser_source_token = $1",
@@ -324,7 +337,7 @@ pub async fn overlay_qr_code_png(conn: &mut PgConnection, token: &str) -> ApiRes
 
 /// Looks a token up through its unique index whatever the input, so an unknown token and a
 /// malformed one take the same path and time.
-pub async fn overlay(conn: &mut PgConnection, token: &str) -> ApiResult<Option<Overlay>> {
+pub async fn overlay(conn: &mut PgConnection, token: &str) -> StoreResult<Option<Overlay>> {
     Ok(sqlx::query_as!(
         Overlay,
         "SELECT campaign_id, streamer_id, chat_command, tracking_url, qr_code_url
