@@ -174,6 +174,26 @@ impl<T: PathSegment> utoipa::IntoParams for InPath<T> {
     }
 }
 
+/// Makes a type the value of a path segment: its name in the route pattern, what a 404 says,
+/// how a raw segment parses (`Option<Self>`), and its schema.
+macro_rules! path_segment {
+    ($type:ty, $name:literal, $not_found:literal, $parse:expr, $schema:expr) => {
+        impl $crate::extract::PathSegment for $type {
+            const NAME: &'static str = $name;
+            const NOT_FOUND: &'static str = $not_found;
+
+            fn parse(raw: &str) -> Option<Self> {
+                ($parse)(raw)
+            }
+
+            fn schema() -> utoipa::openapi::Schema {
+                $schema
+            }
+        }
+    };
+}
+pub(crate) use path_segment;
+
 /// Declares the path id of a resource named by a UUID (`{id}`): its own type, so that the
 /// extractor and the document say which resource a 404 is about.
 macro_rules! uuid_path_id {
@@ -181,18 +201,13 @@ macro_rules! uuid_path_id {
         $(#[$doc])*
         pub struct $name(pub uuid::Uuid);
 
-        impl $crate::extract::PathSegment for $name {
-            const NAME: &'static str = "id";
-            const NOT_FOUND: &'static str = $not_found;
-
-            fn parse(raw: &str) -> Option<Self> {
-                raw.parse().ok().map(Self)
-            }
-
-            fn schema() -> utoipa::openapi::Schema {
-                $crate::extract::uuid_schema()
-            }
-        }
+        $crate::extract::path_segment!(
+            $name,
+            "id",
+            $not_found,
+            |raw: &str| raw.parse().ok().map($name),
+            $crate::extract::uuid_schema()
+        );
     };
 }
 pub(crate) use uuid_path_id;
@@ -201,6 +216,13 @@ pub(crate) use uuid_path_id;
 pub fn uuid_schema() -> utoipa::openapi::Schema {
     use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
     ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))).into()
+}
+
+/// The schema of a text path segment: its length and the pattern of its characters.
+pub fn text_schema(min: usize, max: usize, pattern: &str) -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let text = ObjectBuilder::new().schema_type(Type::String).min_length(Some(min)).max_length(Some(max));
+    text.pattern(Some(pattern)).into()
 }
 
 #[cfg(test)]

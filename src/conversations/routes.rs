@@ -9,7 +9,7 @@ use crate::domain::{Patch, SessionId};
 use crate::error::{
     ApiError, ApiResult, ConditionalWrite, JsonWrite, JsonWriteTo, Listing, ListingOf, Lookup, UploadWrite,
 };
-use crate::extract::{uuid_path_id, InPath, JsonBody, PathSegment};
+use crate::extract::{path_segment, text_schema, uuid_path_id, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
@@ -22,21 +22,14 @@ fn conversation_reply(conversation: &Conversation, outcome: Outcome) -> Reply {
         .header(header::ETAG, conversation.etag())
 }
 
-/// A session id in a path: one that cannot exist is simply not found.
-impl PathSegment for SessionId {
-    const NAME: &'static str = "session_id";
-    const NOT_FOUND: &'static str = "no conversation has this session_id";
-
-    fn parse(raw: &str) -> Option<Self> {
-        SessionId::parse(Self::NAME, raw).ok()
-    }
-
-    fn schema() -> utoipa::openapi::Schema {
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
-        let string = ObjectBuilder::new().schema_type(Type::String).min_length(Some(1));
-        string.max_length(Some(SessionId::MAX_LEN)).pattern(Some("^[A-Za-z0-9._:-]+$")).into()
-    }
-}
+// A session id in a path: one that cannot exist is simply not found.
+path_segment!(
+    SessionId,
+    "session_id",
+    "no conversation has this session_id",
+    |raw| SessionId::parse("session_id", raw).ok(),
+    text_schema(1, SessionId::MAX_LEN, "^[A-Za-z0-9._:-]+$")
+);
 type SessionPath = InPath<SessionId>;
 
 uuid_path_id!(

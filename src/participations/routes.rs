@@ -8,7 +8,7 @@ use super::model::{
 use super::{qr, store};
 use crate::domain::BrowserSourceToken;
 use crate::error::{ApiError, ApiResult, JsonWrite, JsonWriteTo, Lookup, PublicLookup, WriteTo};
-use crate::extract::{InPath, JsonBody, PathSegment};
+use crate::extract::{path_segment, text_schema, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::reply::{Outcome, Reply};
 use crate::state::{Counters, Db, PublicBaseUrl};
@@ -17,20 +17,14 @@ use actix_web::{web, HttpResponse};
 
 type ParticipationPath = InPath<ParticipationId>;
 
-/// An overlay's browser source token in a path.
-impl PathSegment for BrowserSourceToken {
-    const NAME: &'static str = "token";
-    const NOT_FOUND: &'static str = "unknown browser source token";
-
-    fn parse(raw: &str) -> Option<Self> {
-        BrowserSourceToken::parse(Self::NAME, raw).ok()
-    }
-
-    fn schema() -> utoipa::openapi::Schema {
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
-        ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9a-f]{64}$")).into()
-    }
-}
+// An overlay's browser source token in a path.
+path_segment!(
+    BrowserSourceToken,
+    "token",
+    "unknown browser source token",
+    |raw| BrowserSourceToken::parse("token", raw).ok(),
+    text_schema(64, 64, "^[0-9a-f]{64}$")
+);
 type TokenPath = InPath<BrowserSourceToken>;
 
 fn updated(participation: Option<super::model::Participation>) -> ApiResult<Reply> {
