@@ -103,7 +103,24 @@ async fn serve_with(settings: &Settings, database: &Database) -> anyhow::Result<
     let app = Application::build(settings, pool.clone()).context("cannot start the HTTP server")?;
     println!("upsertd listening on http://{}", app.address());
     println!("database: {}", database.display);
-    app.run_until_stopped().await?;
+    let server = app.handle();
+    // An embedded cluster that crashed and cannot be started again ends the process (exit
+    // status 1): then whatever runs upsertd restarts it, instead of a server that can only
+    // answer 503.
+    let gave_up = async {
+        match database.supervise() {
+            Some(gave_up) => gave_up.await.ok(),
+            None => None,
+        }
+    };
+    tokio::select! {
+        served = app.run_until_stopped() => served?,
+        Some(error) = gave_up => {
+            server.stop(true).await;
+            pool.close().await;
+            return Err(error.context("stopping: the database is gone"));
+        }
+    }
     pool.close().await;
     Ok(())
 }

@@ -5,16 +5,40 @@ pub mod cluster;
 use crate::settings::Settings;
 use anyhow::Context;
 use cluster::{Cluster, Durability};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
+use std::future::Future;
 use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a request waits for a connection that the pool has room to open. Against a live
+/// server opening one takes milliseconds; a server that is down or restarting refuses it, and
+/// the pool would keep trying for the whole acquire timeout while the client waits. Waiting
+/// for a *busy* pool (every connection in use) is not bounded by this: that wait is load.
+pub const FAIL_FAST: Duration = Duration::from_secs(1);
+
+/// A connection from the pool (see [`waiting`]).
+pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    waiting(pool, pool.acquire()).await
+}
+
+/// A transaction on a connection from the pool (see [`waiting`]).
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    waiting(pool, pool.begin()).await
+}
 
 /// Awaits a connection (or a transaction) from the pool, counted in `upsertd_db_pool_waiting`
-/// while it waits: the figure that tells an operator the pool is too small.
-pub async fn waiting<T>(acquire: impl std::future::Future<Output = T>) -> T {
+/// while it waits (the figure that tells an operator the pool is too small), and for at most
+/// [`FAIL_FAST`] while the pool has room: then a database that is down is a prompt 503.
+async fn waiting<T>(pool: &PgPool, acquire: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
     let gauge = metrics::gauge!(crate::recorder::POOL_WAITING);
     gauge.increment(1.0);
-    let acquired = acquire.await;
+    let acquired = if pool.size() < pool.options().get_max_connections() {
+        tokio::time::timeout(FAIL_FAST, acquire).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+    } else {
+        acquire.await
+    };
     gauge.decrement(1.0);
     acquired
 }
@@ -149,6 +173,9 @@ impl Database {
             // its server fails its statement instead, that request answers 503, and the pool
             // replaces the connection.
             .test_before_acquire(false)
+            // Except after the embedded cluster crashed and was started again: connections
+            // opened before are all dead, and are replaced before a request gets one.
+            .before_acquire(|_, meta| Box::pin(async move { Ok(!cluster::opened_before_last_crash(meta.age)) }))
             .acquire_timeout(settings.db_acquire_timeout.0)
             .connect_lazy_with(self.options.clone().log_statements(tracing::log::LevelFilter::Trace))
     }
@@ -160,6 +187,11 @@ impl Database {
         MIGRATOR.run(&mut conn).await.context("migrations failed")?;
         conn.close().await.ok();
         Ok(())
+    }
+
+    /// Supervises the embedded cluster, if this process started one: see [`Cluster::supervise`].
+    pub fn supervise(&self) -> Option<tokio::sync::oneshot::Receiver<anyhow::Error>> {
+        self.cluster.as_ref().map(Cluster::supervise)
     }
 
     /// Stops the embedded cluster, if this process started one.

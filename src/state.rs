@@ -23,7 +23,7 @@ pub struct Db {
 impl Db {
     /// A connection for a read.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
-        Ok(crate::db::waiting(self.pool.acquire()).await?)
+        Ok(crate::db::acquire(&self.pool).await?)
     }
 }
 

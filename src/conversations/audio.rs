@@ -86,16 +86,34 @@ impl AudioStore {
 
     /// Moves a finished upload to its content address; if those bytes are already stored
     /// the upload is simply dropped.
+    ///
+    /// The row that names the file commits (with fsync) after this returns, so the file must
+    /// be as durable as the row by then: its bytes are synced, then it is renamed, then the
+    /// folder that holds the new name is synced (and the audio folder, when the shard folder
+    /// is new). Without that a power cut could leave the row pointing at an empty or missing
+    /// file.
     pub fn keep(&self, incoming: &Path, sha256: &str) -> std::io::Result<PathBuf> {
         let target = self.path_for(sha256);
         if target.exists() {
             std::fs::remove_file(incoming)?;
         } else {
-            std::fs::create_dir_all(target.parent().expect("content paths have a parent"))?;
+            let shard = target.parent().expect("content paths have a parent");
+            let new_shard = !shard.exists();
+            std::fs::create_dir_all(shard)?;
+            std::fs::File::open(incoming)?.sync_all()?;
             std::fs::rename(incoming, &target)?;
+            sync_folder(shard)?;
+            if new_shard {
+                sync_folder(&self.root)?;
+            }
         }
         Ok(target)
     }
+}
+
+/// Makes a folder's entries (a rename into it, a new subfolder) durable.
+fn sync_folder(folder: &Path) -> std::io::Result<()> {
+    std::fs::File::open(folder)?.sync_all()
 }
 
 /// 20 ms frames below this level count as silence.

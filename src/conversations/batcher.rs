@@ -51,7 +51,7 @@ impl Batcher {
 /// alone).
 async fn write(pool: &PgPool, jobs: Vec<Job>) {
     let statement = async |inputs: &[&AnalysisUpsert]| {
-        let mut conn = crate::db::waiting(pool.acquire()).await?;
+        let mut conn = crate::db::acquire(pool).await?;
         Ok(store::upsert_many(&mut conn, inputs).await?)
     };
     coalesce::settle(jobs, statement, "upsert").await;

@@ -15,7 +15,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -25,6 +26,14 @@ const PORT: u16 = 5432;
 const SUPERUSER: &str = "postgres";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the supervisor looks whether the postmaster is still running.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// Tries to start a crashed postmaster again before giving up, and the pause after the first
+/// (then twice as long, three times, ...): about ten seconds in all.
+const RESTART_TRIES: u32 = 4;
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// A postmaster up this long after a restart is healthy again: a later crash gets every try.
+const STABLE: Duration = Duration::from_secs(60);
 
 /// Whether a crash may lose committed data. The cluster behind `serve` holds real data; test
 /// clusters trade durability for speed.
@@ -45,9 +54,60 @@ pub struct Cluster {
     password: String,
     /// `<data dir>/pgpass`: the password, for psql (`PGPASSFILE`).
     passfile: PathBuf,
+    launch: Launch,
+    /// Shared with the supervisor ([`Cluster::supervise`]), which starts it again after a crash.
+    postmaster: Arc<Mutex<Postmaster>>,
+}
+
+/// When a supervisor last found its postmaster gone, in milliseconds after [`CRASH_CLOCK`]
+/// (0: never). A pooled connection opened before then leads to a server that is no more.
+static LAST_CRASH: AtomicU64 = AtomicU64::new(0);
+static CRASH_CLOCK: OnceLock<Instant> = OnceLock::new();
+
+/// Whether a connection of this age was opened before the embedded cluster last crashed: it
+/// is dead, and the pool should open a new one rather than fail a request with it.
+pub fn opened_before_last_crash(age: Duration) -> bool {
+    let crashed = LAST_CRASH.load(Ordering::Relaxed);
+    let Some(clock) = CRASH_CLOCK.get().filter(|_| crashed != 0) else { return false };
+    Instant::now().checked_sub(age).is_some_and(|opened| opened <= *clock + Duration::from_millis(crashed))
+}
+
+fn note_crash() {
+    let clock = CRASH_CLOCK.get_or_init(Instant::now);
+    LAST_CRASH.store(clock.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+}
+
+/// How the postmaster is started, kept to start it again.
+#[derive(Clone)]
+struct Launch {
+    bindir: PathBuf,
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+    run_as: RunAs,
+    durability: Durability,
+}
+
+/// The running postmaster.
+struct Postmaster {
     pid: i32,
     exited: mpsc::Receiver<std::io::Result<ExitStatus>>,
+    /// Stopped on purpose (or given up on): its exit is no crash.
     stopped: bool,
+}
+
+impl Launch {
+    /// Starts the postmaster and waits until it accepts connections. Blocking.
+    fn start(&self) -> anyhow::Result<Postmaster> {
+        let (pid, exited) = spawn_postgres(self)?;
+        let mut postmaster = Postmaster { pid, exited, stopped: false };
+        if let Err(error) = wait_until_ready(&self.pgdata, &mut postmaster, &self.log_path) {
+            // The start's error is the one to report.
+            let _ = postmaster.stop();
+            return Err(error);
+        }
+        Ok(postmaster)
+    }
 }
 
 /// The OS user the server processes run as: ourselves, or `postgres` when we are root.
@@ -76,13 +136,10 @@ impl Cluster {
         wait_for_previous_postmaster(&pgdata)?;
         let (socket_dir, private_socket_dir) = socket_dir_for(&pgdata, run_as)?;
         let log_path = data_dir.join("postgres.log");
-        let (pid, exited) = spawn_postgres(&bindir, &pgdata, &socket_dir, &log_path, run_as, durability)?;
-        let mut cluster =
-            Self { pgdata, socket_dir, private_socket_dir, password, passfile, pid, exited, stopped: false };
-        if let Err(error) = cluster.wait_until_ready(&log_path) {
-            let _ = cluster.stop_inner();
-            return Err(error);
-        }
+        let launch =
+            Launch { bindir, pgdata: pgdata.clone(), socket_dir: socket_dir.clone(), log_path, run_as, durability };
+        let postmaster = Arc::new(Mutex::new(launch.start()?));
+        let cluster = Self { pgdata, socket_dir, private_socket_dir, password, passfile, launch, postmaster };
         if !fresh && !cluster.pgdata.join(HBA_MARKER).exists() {
             cluster.require_passwords()?;
         }
@@ -179,54 +236,131 @@ impl Cluster {
         Ok(())
     }
 
-    fn wait_until_ready(&mut self, log_path: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(status) = self.exited.try_recv() {
-                self.stopped = true;
-                bail!(
-                    "PostgreSQL exited while starting ({}): {}; full log in {}",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    last_log_line(log_path),
-                    log_path.display()
-                );
-            }
-            // postmaster.pid's status line reads "ready" once connections are accepted.
-            let ready = fs::read_to_string(self.pgdata.join("postmaster.pid"))
-                .is_ok_and(|pid_file| pid_file.lines().any(|line| line.trim() == "ready"));
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("PostgreSQL did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Fast shutdown (SIGINT): open transactions roll back, committed data is on disk.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.stop_inner()
     }
 
     fn stop_inner(&mut self) -> anyhow::Result<()> {
+        let stopped = self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).stop();
+        if let Some(folder) = self.private_socket_dir.take() {
+            folder.close().ok();
+        }
+        stopped
+    }
+
+    /// Watches the postmaster from a thread of its own. When it exits without being asked to
+    /// (a crash, the OOM killer, a `kill -9`), the supervisor logs it and starts it again:
+    /// crash recovery replays the WAL, and the pool's next connections find it. If it cannot
+    /// be brought back in [`RESTART_TRIES`] tries, the returned channel says why, and the
+    /// server should exit non-zero so that whatever runs it (systemd, a container runtime)
+    /// restarts the whole process.
+    pub fn supervise(&self) -> tokio::sync::oneshot::Receiver<anyhow::Error> {
+        let (gave_up, receiver) = tokio::sync::oneshot::channel();
+        let (postmaster, launch) = (self.postmaster.clone(), self.launch.clone());
+        let (mut since_start, mut tries_left) = (Instant::now(), RESTART_TRIES);
+        let watch = move || loop {
+            std::thread::sleep(WATCH_EVERY);
+            let mut postmaster = postmaster.lock().unwrap_or_else(PoisonError::into_inner);
+            if postmaster.stopped {
+                return;
+            }
+            let status = match postmaster.exited.try_recv() {
+                Ok(status) => status,
+                Err(mpsc::TryRecvError::Empty) => continue,
+                Err(mpsc::TryRecvError::Disconnected) => Err(std::io::Error::other("its keeper thread ended")),
+            };
+            note_crash();
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            tracing::error!(
+                %status,
+                log = %launch.log_path.display(),
+                "the embedded PostgreSQL exited unexpectedly; starting it again (crash recovery replays its WAL)"
+            );
+            // A postmaster that keeps crashing soon after each start is one that cannot be
+            // brought back: its crashes count as tries too.
+            let tries = if since_start.elapsed() < STABLE { tries_left } else { RESTART_TRIES };
+            match restart(&launch, tries) {
+                Ok((started, left)) => {
+                    *postmaster = started;
+                    (since_start, tries_left) = (Instant::now(), left);
+                    tracing::warn!("the embedded PostgreSQL is back; writes resume");
+                }
+                Err(error) => {
+                    postmaster.stopped = true;
+                    let _ = gave_up.send(error);
+                    return;
+                }
+            }
+        };
+        if let Err(error) = std::thread::Builder::new().name("postgres-supervisor".into()).spawn(watch) {
+            tracing::error!(%error, "cannot supervise the embedded cluster: a crash of it will not be repaired");
+        }
+        receiver
+    }
+}
+
+/// Starts the postmaster again after a crash, in at most `tries` tries, waiting a little
+/// longer before each: the backends of a killed postmaster hold its shared memory until they
+/// notice and exit, and until then a new postmaster refuses to start. Returns it with the
+/// tries left.
+fn restart(launch: &Launch, tries: u32) -> anyhow::Result<(Postmaster, u32)> {
+    let mut last = anyhow!("it kept crashing right after each start");
+    for attempt in 1..=tries {
+        match launch.start() {
+            Ok(postmaster) => return Ok((postmaster, tries - attempt)),
+            Err(error) => {
+                tracing::warn!(attempt, error = %format!("{error:#}"), "starting the embedded PostgreSQL again failed");
+                last = error;
+            }
+        }
+        std::thread::sleep(RESTART_PAUSE * attempt);
+    }
+    Err(last.context(format!("the embedded PostgreSQL could not be started again in {RESTART_TRIES} tries")))
+}
+
+fn wait_until_ready(pgdata: &Path, postmaster: &mut Postmaster, log_path: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(status) = postmaster.exited.try_recv() {
+            postmaster.stopped = true;
+            bail!(
+                "PostgreSQL exited while starting ({}): {}; full log in {}",
+                status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                last_log_line(log_path),
+                log_path.display()
+            );
+        }
+        // postmaster.pid's status line reads "ready" once connections are accepted. The file
+        // must be this postmaster's: a killed one leaves its own behind, still saying "ready".
+        let ready = fs::read_to_string(pgdata.join("postmaster.pid")).is_ok_and(|pid_file| {
+            let ours = pid_file.lines().next().and_then(|line| line.trim().parse().ok()) == Some(postmaster.pid);
+            ours && pid_file.lines().any(|line| line.trim() == "ready")
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("PostgreSQL did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Postmaster {
+    /// Fast shutdown (SIGINT), then SIGQUIT if it does not stop in time.
+    fn stop(&mut self) -> anyhow::Result<()> {
         if self.stopped {
             return Ok(());
         }
         self.stopped = true;
         signal(self.pid, libc::SIGINT);
-        let stopped = self.exited.recv_timeout(STOP_TIMEOUT);
-        if let Some(folder) = self.private_socket_dir.take() {
-            folder.close().ok();
+        if self.exited.recv_timeout(STOP_TIMEOUT).is_ok() {
+            return Ok(());
         }
-        match stopped {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                signal(self.pid, libc::SIGQUIT);
-                let _ = self.exited.recv_timeout(Duration::from_secs(5));
-                Err(anyhow!("PostgreSQL did not stop within {STOP_TIMEOUT:?}; sent SIGQUIT"))
-            }
-        }
+        signal(self.pid, libc::SIGQUIT);
+        let _ = self.exited.recv_timeout(Duration::from_secs(5));
+        Err(anyhow!("PostgreSQL did not stop within {STOP_TIMEOUT:?}; sent SIGQUIT"))
     }
 }
 
@@ -468,14 +602,9 @@ fn socket_dir_for(pgdata: &Path, run_as: RunAs) -> anyhow::Result<(PathBuf, Opti
     Ok((folder.path().to_owned(), Some(folder)))
 }
 
-fn spawn_postgres(
-    bindir: &Path,
-    pgdata: &Path,
-    socket_dir: &Path,
-    log_path: &Path,
-    run_as: RunAs,
-    durability: Durability,
-) -> anyhow::Result<(i32, mpsc::Receiver<std::io::Result<ExitStatus>>)> {
+fn spawn_postgres(launch: &Launch) -> anyhow::Result<(i32, mpsc::Receiver<std::io::Result<ExitStatus>>)> {
+    let Launch { bindir, pgdata, socket_dir, log_path, run_as, durability } = launch;
+    let (run_as, durability) = (*run_as, *durability);
     // Only upsertd's user reads the log (the server writes it through the inherited handle).
     let log = fs::OpenOptions::new()
         .create(true)

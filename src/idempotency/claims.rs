@@ -47,7 +47,7 @@ impl Claims {
 
 async fn write(pool: &PgPool, jobs: Vec<Job>, config: IdempotencyConfig) {
     let statement = async |claims: &[&Claim]| {
-        let mut conn = crate::db::waiting(pool.acquire()).await?;
+        let mut conn = crate::db::acquire(pool).await?;
         let won = store::claim_many(&mut conn, claims, None, config).await?;
         Ok(claims.iter().map(|claim| won.contains(&claim.claim_id)).collect())
     };

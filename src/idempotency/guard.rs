@@ -268,7 +268,7 @@ async fn settle(
             return Ok(ServiceResponse::new(req, respond(answer)));
         }
     } else {
-        let mut conn = crate::db::waiting(layer.pool.acquire()).await.map_err(ApiError::from)?;
+        let mut conn = crate::db::acquire(&layer.pool).await.map_err(ApiError::from)?;
         store::complete(&mut conn, claim, &stored).await?;
     }
     Ok(ServiceResponse::new(req, head.set_body(body).map_into_boxed_body()))

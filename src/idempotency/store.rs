@@ -204,7 +204,7 @@ pub async fn claim_and_store(
     response: &StoredResponse,
     config: IdempotencyConfig,
 ) -> ApiResult<Claimed> {
-    let mut conn = crate::db::waiting(pool.acquire()).await?;
+    let mut conn = crate::db::acquire(pool).await?;
     if claim_many(&mut conn, &[claim], Some(response), config).await?.is_empty() {
         return inspect(pool, claim).await;
     }

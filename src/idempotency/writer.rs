@@ -64,8 +64,8 @@ impl Writer {
 
     pub async fn begin(&self) -> ApiResult<WriteConn> {
         Ok(match self.claim {
-            Some(_) => WriteConn::Tx(crate::db::waiting(self.pool.begin()).await?),
-            None => WriteConn::Plain(crate::db::waiting(self.pool.acquire()).await?),
+            Some(_) => WriteConn::Tx(crate::db::begin(&self.pool).await?),
+            None => WriteConn::Plain(crate::db::acquire(&self.pool).await?),
         })
     }
 

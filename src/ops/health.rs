@@ -27,7 +27,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(db: web::Data<Db>) -> Result<HttpResponse, ApiError> {
     let expected = crate::db::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count() as i64;
     let applied = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&db.pool)
+        .fetch_one(&mut *db.conn().await?)
         .await
         .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
     if applied < expected {

@@ -111,7 +111,7 @@ async fn recorded_answer(
     row: serde_json::Value,
     prefix: Option<serde_json::Value>,
 ) -> ApiResult<StoredResponse> {
-    let recorded = store::recorded(&mut *crate::db::waiting(pool.acquire()).await?, row).await?;
+    let recorded = store::recorded(&mut *crate::db::acquire(pool).await?, row).await?;
     let participation = match prefix {
         Some(prefix) => {
             let prefix: Prefix = serde_json::from_value(prefix).map_err(anyhow::Error::new)?;
@@ -143,7 +143,7 @@ async fn run(pool: &PgPool, config: IdempotencyConfig, id: Uuid, jobs: Vec<Job>)
 /// - the statement fails otherwise, for a reason that may be one write's: the writes go again
 ///   one a statement, so only the write at fault gets the error. An outage is everyone's.
 async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: Vec<Job>) {
-    let mut conn = match crate::db::waiting(pool.acquire()).await {
+    let mut conn = match crate::db::acquire(pool).await {
         Ok(conn) => conn,
         Err(error) => return fail(pending, &error.into()),
     };

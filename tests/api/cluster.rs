@@ -224,3 +224,109 @@ async fn commands_visit_the_cluster_of_a_running_server() {
     terminate(&mut server);
     std::fs::remove_dir_all(&data_dir).ok();
 }
+
+/// The postmaster's pid, from its lock file.
+fn postmaster_pid(data_dir: &Path) -> i32 {
+    let pid_file = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).unwrap();
+    pid_file.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// What a crash or the OOM killer does: SIGKILL to the postmaster and every backend (they
+/// share its process group).
+fn kill_cluster(data_dir: &Path) {
+    // SAFETY: kill(2) on the process group of our own server's cluster.
+    assert_eq!(unsafe { libc::kill(-postmaster_pid(data_dir), libc::SIGKILL) }, 0);
+}
+
+/// The embedded cluster killed under a write load comes back by itself: the supervisor starts
+/// it again, writes resume within seconds without restarting upsertd, every acknowledged write
+/// is still there, and the writes in between are answered 503 promptly, never left hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_embedded_cluster_is_started_again_and_loses_no_acknowledged_write() {
+    let data_dir = scratch_dir(&format!("crash-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let mut server = start_binary(&data_dir, port, &[]).await;
+    let url = format!("http://127.0.0.1:{port}/api/save-analysis");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let started = Instant::now();
+    let killed_at = Duration::from_secs(1);
+    // The last 503 any writer got, in milliseconds after the start (0: none yet).
+    let last_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers = (0..8).map(|writer| {
+        let (client, url, last_refused) = (client.clone(), url.clone(), last_refused.clone());
+        tokio::spawn(async move {
+            // (session id, acknowledged, when it was sent, how long its answer took)
+            let mut sent = Vec::new();
+            for n in 0.. {
+                let at = started.elapsed();
+                // Done a second after the last 503 (writes have resumed), or well after the
+                // kill (the assertions below then say what went wrong).
+                let refused = last_refused.load(std::sync::atomic::Ordering::Relaxed);
+                let resumed = refused > 0 && at > Duration::from_millis(refused + 1000);
+                if resumed || at > killed_at + Duration::from_secs(15) {
+                    break;
+                }
+                let sid = format!("w{writer}-{n}");
+                let response = client.post(&url).json(&json!({"session_id": sid})).send().await.unwrap();
+                let status = response.status().as_u16();
+                assert!(status == 201 || status == 503, "only 201 or 503, got {status}");
+                sent.push((sid, status == 201, at, started.elapsed() - at));
+                if status == 503 {
+                    last_refused.fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            sent
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+    tokio::time::sleep(killed_at).await;
+    kill_cluster(&data_dir);
+    let mut sent = Vec::new();
+    for writer in writers {
+        sent.extend(writer.await.unwrap());
+    }
+    assert!(server.try_wait().unwrap().is_none(), "upsertd kept running");
+    let refused: Vec<_> = sent.iter().filter(|(_, ok, _, _)| !ok).collect();
+    assert!(!refused.is_empty(), "the kill was noticed");
+    let slowest = refused.iter().map(|(_, _, _, took)| *took).max().unwrap();
+    assert!(slowest < Duration::from_millis(2500), "each 503 came promptly; the slowest took {slowest:?}");
+    // From the first 503 to the first acknowledged write sent after the last one.
+    let first_refused = refused.iter().map(|(_, _, at, _)| *at).min().unwrap();
+    let last_refused = refused.iter().map(|(_, _, at, _)| *at).max().unwrap();
+    let back = sent.iter().filter(|(_, ok, at, _)| *ok && *at > last_refused).map(|(_, _, at, _)| *at).min();
+    let down = back.expect("writes resumed") - first_refused;
+    assert!(down < Duration::from_secs(10), "writes resumed {down:?} after the kill");
+    let acknowledged = sent.iter().filter(|(_, ok, _, _)| *ok).count();
+    eprintln!("{acknowledged} acknowledged, {} refused (slowest {slowest:?}), back after {down:?}", refused.len());
+    for (sid, _, _, _) in sent.iter().filter(|(_, ok, _, _)| *ok) {
+        let stored = client.get(format!("http://127.0.0.1:{port}/api/conversations/{sid}")).send().await.unwrap();
+        assert_eq!(stored.status(), 200, "acknowledged {sid} is still there");
+    }
+    assert!(terminate(&mut server).success());
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// A cluster that cannot be started again ends upsertd with a failure status, so whatever runs
+/// it restarts it, and leaves no postgres process behind.
+#[tokio::test]
+async fn a_cluster_that_cannot_be_started_again_ends_upsertd_with_a_failure() {
+    let data_dir = scratch_dir(&format!("gone-{}", uuid::Uuid::new_v4().simple()));
+    let port = free_port();
+    let mut server = start_binary(&data_dir, port, &[]).await;
+    // Without PG_VERSION no postgres accepts the folder as a cluster: every restart fails.
+    let version = data_dir.join("postgres/PG_VERSION");
+    std::fs::rename(&version, data_dir.join("PG_VERSION.moved")).unwrap();
+    kill_cluster(&data_dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "upsertd kept running without a database");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1), "a failure status");
+    assert_eq!(postgres_processes_for(&data_dir), 0, "no postgres process is left behind");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
