@@ -16,9 +16,27 @@ use std::time::{Duration, Instant};
 pub struct Req {
     pub method: Method,
     pub path: String,
-    pub body: Option<String>,
+    pub content_type: &'static str,
+    pub body: Bytes,
     pub idempotency_key: Option<String>,
 }
+
+impl Req {
+    pub fn get(path: impl Into<String>) -> Self {
+        Self { method: Method::GET, path: path.into(), content_type: JSON, body: Bytes::new(), idempotency_key: None }
+    }
+
+    /// A POST with a JSON body, and its `Idempotency-Key` when `key` is given.
+    pub fn json(path: impl Into<String>, body: String, key: Option<String>) -> Self {
+        Self::post(path, JSON, body.into(), key)
+    }
+
+    pub fn post(path: impl Into<String>, content_type: &'static str, body: Bytes, key: Option<String>) -> Self {
+        Self { method: Method::POST, path: path.into(), content_type, body, idempotency_key: key }
+    }
+}
+
+const JSON: &str = "application/json";
 
 /// Builds request number `n`.
 pub type Builder = Arc<dyn Fn(u64) -> Req + Send + Sync>;
@@ -176,20 +194,21 @@ async fn open(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http1::Se
     Ok(sender)
 }
 
-/// One request outside a measurement (setup): status and body.
-/// The HTTP/1.1 request for `req`: JSON body, and its `Idempotency-Key` when it has one.
+/// The HTTP/1.1 request for `req`: its body and content type, and its `Idempotency-Key` when it
+/// has one.
 fn to_http(req: Req) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
     let mut http = Request::builder()
         .method(req.method)
         .uri(&req.path)
         .header(hyper::header::HOST, "127.0.0.1")
-        .header(hyper::header::CONTENT_TYPE, "application/json");
+        .header(hyper::header::CONTENT_TYPE, req.content_type);
     if let Some(key) = &req.idempotency_key {
         http = http.header("idempotency-key", key);
     }
-    http.body(Full::new(Bytes::from(req.body.unwrap_or_default())))
+    http.body(Full::new(req.body))
 }
 
+/// One request outside a measurement (setup): status and body.
 pub fn once(addr: SocketAddr, req: Req) -> anyhow::Result<(u16, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {

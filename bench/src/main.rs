@@ -9,10 +9,10 @@ mod load;
 mod pg;
 mod report;
 mod server;
+mod upload;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hyper::Method;
 use load::Req;
 use report::Point;
 use std::path::PathBuf;
@@ -103,6 +103,11 @@ pub const WORKLOADS: &[Workload] = &[
         name: "append-empty",
         about: "the same append to a conversation that is empty when the point starts",
         pgbench: Some("append.sql"),
+    },
+    Workload {
+        name: "upload-audio",
+        about: "POST /api/upload-audio, multipart: a new session id and 300 KiB of WAV, different bytes every request (a new stored file)",
+        pgbench: None,
     },
 ];
 
@@ -291,19 +296,11 @@ impl RssSampler {
 /// Prepares what a workload needs; `Ok(None)` when its route is missing.
 fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<Option<load::Builder>> {
     let run = ctx.run.clone();
-    let post = |path: String, body: String, key: Option<String>| Req {
-        method: Method::POST,
-        path,
-        body: Some(body),
-        idempotency_key: key,
-    };
     Ok(Some(match workload {
-        "healthz" => {
-            Arc::new(|_| Req { method: Method::GET, path: "/healthz".into(), body: None, idempotency_key: None })
-        }
+        "healthz" => Arc::new(|_| Req::get("/healthz")),
         "save-analysis-new" => Arc::new(move |n| {
-            post(
-                "/api/save-analysis".into(),
+            Req::json(
+                "/api/save-analysis",
                 format!(
                     r#"{{"session_id":"new-{run}-c{connections}-{n}","transcript":"hello world {n}","analysis":{{"score":{},"n":{n}}}}}"#,
                     n % 10
@@ -312,8 +309,8 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
             )
         }),
         "save-analysis-hot" => Arc::new(move |n| {
-            post(
-                "/api/save-analysis".into(),
+            Req::json(
+                "/api/save-analysis",
                 format!(
                     r#"{{"session_id":"hot-{run}-{}","transcript":"hello world {n}","analysis":{{"score":{},"n":{n}}}}}"#,
                     n % 100,
@@ -324,13 +321,13 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
         }),
         "chats" => Arc::new(move |n| {
             let g = n % 1000;
-            post("/api/chats".into(), format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#), None)
+            Req::json("/api/chats", format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#), None)
         }),
         "clicks" | "clicks-keyed" => {
             let Some(id) = participation(ctx)?.0 else { return Ok(None) };
             let keyed = workload == "clicks-keyed";
             Arc::new(move |_| {
-                post(
+                Req::json(
                     format!("/api/participations/{id}/clicks"),
                     r#"{"type":"chat"}"#.into(),
                     // A random UUID, as the README tells clients to send: it lands anywhere in
@@ -347,17 +344,23 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
             let sid = format!("empty-{run}-c{connections}");
             Arc::new(move |n| append(&sid, n))
         }
+        "upload-audio" => {
+            let form = upload::Form::new();
+            Arc::new(move |n| {
+                let body = form.body(&format!("up-{run}-c{connections}-{n}"));
+                Req::post("/api/upload-audio", upload::CONTENT_TYPE, body, None)
+            })
+        }
         other => bail!("no HTTP driver for {other}"),
     }))
 }
 
 fn append(sid: &str, n: u64) -> Req {
-    Req {
-        method: Method::POST,
-        path: format!("/api/conversations/{sid}/messages"),
-        body: Some(format!(r#"{{"messages":[{{"role":"user","text":"message {n}"}}]}}"#)),
-        idempotency_key: None,
-    }
+    Req::json(
+        format!("/api/conversations/{sid}/messages"),
+        format!(r#"{{"messages":[{{"role":"user","text":"message {n}"}}]}}"#),
+        None,
+    )
 }
 
 /// The hot participation: one made over HTTP (None when the route is missing) and one made
@@ -369,12 +372,7 @@ fn participation(ctx: &mut Ctx) -> anyhow::Result<(Option<String>, String)> {
     let run = &ctx.run;
     let (status, body) = load::once(
         ctx.addr,
-        Req {
-            method: Method::POST,
-            path: "/api/participations".into(),
-            body: Some(format!(r#"{{"campaign_id":"bench-{run}","streamer_id":"s1"}}"#)),
-            idempotency_key: None,
-        },
+        Req::json("/api/participations", format!(r#"{{"campaign_id":"bench-{run}","streamer_id":"s1"}}"#), None),
     )?;
     let http_id = match status {
         200 | 201 => {
