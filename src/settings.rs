@@ -76,7 +76,8 @@ pub struct Settings {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub db_max_connections: u32,
 
-    /// How long a request waits for a database connection before answering 503.
+    /// How long a request waits for a connection while every one of the pool is in use, before
+    /// answering 503. (A connection the pool has room to open is waited for at most 1 s.)
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", global = true)]
     pub db_acquire_timeout: HumanDuration,
 

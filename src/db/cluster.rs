@@ -314,7 +314,9 @@ fn restart(launch: &Launch, tries: u32) -> anyhow::Result<(Postmaster, u32)> {
                 last = error;
             }
         }
-        std::thread::sleep(RESTART_PAUSE * attempt);
+        if attempt < tries {
+            std::thread::sleep(RESTART_PAUSE * attempt);
+        }
     }
     Err(last.context(format!("the embedded PostgreSQL could not be started again in {RESTART_TRIES} tries")))
 }
