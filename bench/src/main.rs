@@ -9,6 +9,7 @@ mod load;
 mod pg;
 mod report;
 mod server;
+mod soak;
 mod upload;
 
 use anyhow::{bail, Context};
@@ -18,7 +19,7 @@ use report::Point;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(name = "bench", about = "Load benchmark: upsertd over HTTP beside pgbench on the same cluster")]
@@ -53,6 +54,11 @@ struct Args {
     /// Do not copy the chart and table to bench/chart.png and bench/RESULTS.md.
     #[arg(long)]
     no_publish: bool,
+    /// Instead of the workloads: MINUTES (at least 2) of mixed writes, new-id save-analysis and
+    /// keyed clicks, at the largest --connections count, with upsertd's RSS sampled every 2 s;
+    /// fails when RSS at the end is above 1.2x RSS after the first minute. No pgbench.
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["all", "workload", "list"])]
+    soak: Option<u64>,
 }
 
 pub struct Workload {
@@ -157,6 +163,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.duration == 0 || args.connections.is_empty() || args.connections.contains(&0) {
         bail!("--duration and every --connections value must be at least 1");
     }
+    if args.soak.is_some_and(|minutes| minutes < 2) {
+        bail!("--soak needs at least 2 minutes: it compares the end with the first minute");
+    }
     let bench_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let repo = bench_dir.parent().context("bench/ has a parent")?.to_path_buf();
     let out_dir = args.out.clone().unwrap_or_else(|| bench_dir.join("out"));
@@ -181,6 +190,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         participation: None,
         big: None,
     };
+    if let Some(minutes) = args.soak {
+        let connections = args.connections.iter().copied().max().expect("checked above");
+        let verdict = soak::run(&mut ctx, minutes, connections);
+        warn_unclean(server.stop());
+        return verdict;
+    }
     let mut points = Vec::new();
     for group in interleaved(&selected) {
         for &connections in &args.connections {
@@ -208,10 +223,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             std::fs::copy(out_dir.join("chart.png"), bench_dir.join("chart.png"))?;
         }
     }
+    warn_unclean(stopped);
+    Ok(())
+}
+
+fn warn_unclean(stopped: anyhow::Result<()>) {
     if let Err(e) = stopped {
         eprintln!("bench: warning: {e:#}");
     }
-    Ok(())
 }
 
 fn args_line(args: &Args) -> String {
@@ -259,38 +278,47 @@ fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
     }
 }
 
-/// Samples the server's RSS while a point runs.
+/// Samples the server's RSS on its own thread, while a point or a soak runs.
 struct RssSampler {
     stop: Arc<AtomicBool>,
-    max: Arc<Mutex<f64>>,
+    samples: Arc<Mutex<Vec<(Duration, f64)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> Self {
+    /// Samples now, every `every`, and once more when finished.
+    fn start(pid: u32, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(Mutex::new(0.0f64));
-        let (s, m) = (stop.clone(), max.clone());
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            loop {
                 let (rss, _) = server::rss_mib(pid);
-                let mut max = m.lock().expect("not poisoned");
-                *max = max.max(rss);
-                drop(max);
-                std::thread::sleep(Duration::from_millis(100));
+                v.lock().expect("not poisoned").push((start.elapsed(), rss));
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::park_timeout(every);
             }
         });
-        Self { stop, max, thread: Some(thread) }
+        Self { stop, samples, thread: Some(thread) }
     }
 
-    fn finish(mut self) -> f64 {
+    /// Stops sampling: every sample, (time since the start, RSS in MiB), oldest first.
+    fn finish(mut self) -> Vec<(Duration, f64)> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
-        let max = *self.max.lock().expect("not poisoned");
-        max
+        let samples = std::mem::take(&mut *self.samples.lock().expect("not poisoned"));
+        samples
     }
+}
+
+fn max_rss(samples: &[(Duration, f64)]) -> f64 {
+    samples.iter().map(|&(_, rss)| rss).fold(0.0, f64::max)
 }
 
 /// Prepares what a workload needs; `Ok(None)` when its route is missing.
@@ -487,9 +515,9 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
         for run in runs.iter_mut() {
             let Some(build) = run.build.clone() else { continue };
             let cpu0 = cpu_ticks();
-            let rss = RssSampler::start(ctx.server_pid);
+            let rss = RssSampler::start(ctx.server_pid, Duration::from_millis(100));
             run.outcome.merge(load::run(ctx.addr, build, connections, ctx.duration / slices));
-            run.rss = run.rss.max(rss.finish());
+            run.rss = run.rss.max(max_rss(&rss.finish()));
             let cpu1 = cpu_ticks();
             run.busy.0 += cpu1.0.saturating_sub(cpu0.0);
             run.busy.1 += cpu1.1.saturating_sub(cpu0.1);
