@@ -29,7 +29,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the supervisor looks whether the postmaster is still running.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Tries to start a crashed postmaster again before giving up, and the pause after the first
-/// (then twice as long, three times, ...): about ten seconds in all.
+/// (then twice as long, three times, ...): about six seconds in all.
 const RESTART_TRIES: u32 = 4;
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// A postmaster up this long after a restart is healthy again: a later crash gets every try.
