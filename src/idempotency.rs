@@ -47,7 +47,7 @@ mod writer;
 pub use claim::{Claim, IdempotencyConfig};
 pub use claims::Claims;
 pub use guard::held_elsewhere;
-pub use guard::{keys, KeyHeader, Keys, Scope};
+pub use guard::{keys, KeyHeader, Keys, Scope, HEADER, REPLAYED};
 pub use layer::Layer;
 pub use store::{held_keys, purge_expired, render_rows_with, ClaimColumns, RowAnswers, StoredResponse};
 pub use writer::{WriteConn, Writer};

@@ -5,6 +5,7 @@ pub mod chats;
 pub mod cli;
 pub mod coalesce;
 pub mod conversations;
+pub mod cors;
 pub mod db;
 pub mod domain;
 pub mod error;

@@ -10,6 +10,7 @@
 //! of this is needed: a browser never attaches a bearer token by itself.
 
 use crate::error::ApiError;
+use crate::settings::Origins;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
@@ -27,7 +28,7 @@ pub struct LocalOnly {
 impl LocalOnly {
     /// Loopback names, the bind address, `PUBLIC_BASE_URL`'s host; origins: `PUBLIC_BASE_URL`'s
     /// and `CORS_ORIGINS`.
-    pub fn new(bind: SocketAddr, public_base_url: Option<&str>, cors_origins: Option<&str>) -> Self {
+    pub fn new(bind: SocketAddr, public_base_url: Option<&str>, cors_origins: &Origins) -> Self {
         let bound = match bind {
             SocketAddr::V4(v4) => v4.ip().to_string(),
             SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
@@ -36,12 +37,7 @@ impl LocalOnly {
         let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).into();
         hosts.push(bound);
         hosts.extend(public.as_ref().and_then(|url| url.host_str()).map(str::to_ascii_lowercase));
-        let mut origins: Vec<String> = cors_origins
-            .unwrap_or("")
-            .split(',')
-            .map(|origin| origin.trim().trim_end_matches('/').to_owned())
-            .filter(|origin| !origin.is_empty())
-            .collect();
+        let mut origins = cors_origins.0.clone();
         origins.extend(public.map(|url| url.origin().ascii_serialization()));
         Self { hosts, origins }
     }

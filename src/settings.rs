@@ -26,6 +26,38 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// `CORS_ORIGINS`: web origins written as browsers send them in `Origin`: a scheme, a host and
+/// a port unless it is the scheme's default, and nothing after (`https://app.example.com`,
+/// `http://localhost:5173`). They are compared byte for byte with `Origin`, so a spelling no
+/// browser sends (`HTTPS://App.example.com`, `https://app.example.com:443`, a path) would never
+/// match: it is refused at start with the spelling to use instead. A trailing `/` is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(pub Vec<String>);
+
+impl FromStr for Origins {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let given = raw.split(',').map(|origin| origin.trim().trim_end_matches('/')).filter(|o| !o.is_empty());
+        given
+            .map(|origin| {
+                let parsed =
+                    url::Url::parse(origin).map_err(|error| format!("{origin:?} is not an origin: {error}"))?;
+                let serialized = parsed.origin();
+                if !serialized.is_tuple() {
+                    return Err(format!("{origin:?} is not a web origin like https://app.example.com"));
+                }
+                let serialized = serialized.ascii_serialization();
+                if serialized != origin {
+                    return Err(format!("{origin:?} is not how browsers send that origin: write {serialized:?}"));
+                }
+                Ok(serialized)
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address to listen on. Without API_TOKENS only loopback addresses are allowed.
@@ -89,10 +121,13 @@ pub struct Settings {
     #[arg(long, env = "API_TOKENS", global = true, hide_env_values = true)]
     pub api_tokens: Option<String>,
 
-    /// Comma-separated exact origins (https://app.example.com) whose web pages may call /api.
-    /// Without API_TOKENS, writes that carry any other foreign Origin are refused (403).
+    /// Comma-separated origins, exactly as browsers send them in Origin (https://app.example.com,
+    /// http://localhost:5173), whose web pages may call /api: their preflights are answered (no
+    /// token needed) and the answers, errors included, carry CORS headers. Unset: no CORS
+    /// headers at all. Without API_TOKENS, writes that carry any other foreign Origin are
+    /// refused (403).
     #[arg(long, env = "CORS_ORIGINS", global = true)]
-    pub cors_origins: Option<String>,
+    pub cors_origins: Option<Origins>,
 
     /// Allow a non-loopback --bind without API_TOKENS (anyone who can reach it can write).
     #[arg(long, env = "ALLOW_UNAUTHENTICATED", global = true)]
@@ -135,6 +170,25 @@ mod tests {
         assert_eq!("1h 30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
         for bad in ["soon", "", "-5s", "5 parsecs"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origins_are_taken_only_as_browsers_spell_them() {
+        let origins: Origins = " https://app.example.com/ ,http://localhost:5173,, http://[::1]:8081".parse().unwrap();
+        assert_eq!(origins.0, ["https://app.example.com", "http://localhost:5173", "http://[::1]:8081"]);
+        assert_eq!("".parse::<Origins>().unwrap(), Origins::default());
+        for (bad, hint) in [
+            ("https://App.example.com", "write \"https://app.example.com\""),
+            ("https://app.example.com:443", "write \"https://app.example.com\""),
+            ("https://app.example.com/page", "write \"https://app.example.com\""),
+            ("*", "is not an origin"),
+            ("null", "is not an origin"),
+            ("app.example.com", "is not an origin"),
+            ("file:///tmp/page.html", "is not a web origin"),
+        ] {
+            let refused = bad.parse::<Origins>().expect_err(bad);
+            assert!(refused.contains(hint), "{bad}: {refused}");
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::conversations::audio::AudioStore;
 use crate::conversations::batcher as conversations_batcher;
 use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
+use crate::cors;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonConfig;
 use crate::idempotency::{self, Claims, IdempotencyConfig, Keys};
@@ -71,14 +72,10 @@ impl Application {
         let pools = web::Data::new(WorkerPools::default());
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
         let json = JsonConfig { limit: settings.max_json_bytes, require_content_type: !tokens.enabled() };
+        let cors_origins = settings.cors_origins.clone().unwrap_or_default();
         // Without tokens, requests must name this server and writes come from no foreign page.
-        let local_only = (!tokens.enabled()).then(|| {
-            web::Data::new(LocalOnly::new(
-                address,
-                settings.public_base_url.as_deref(),
-                settings.cors_origins.as_deref(),
-            ))
-        });
+        let local_only = (!tokens.enabled())
+            .then(|| web::Data::new(LocalOnly::new(address, settings.public_base_url.as_deref(), &cors_origins)));
         crate::recorder::handle();
         let server = HttpServer::new(move || {
             // A worker that restarts after a panic is counted again, and takes the same place.
@@ -97,9 +94,15 @@ impl Application {
             let counters = Counters { batcher: counters.clone(), pool: pool.clone(), idempotency };
             let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone() };
             let local_only = local_only.clone();
+            // Innermost first. CORS sits outside the problem rewriting, so that the headers it
+            // adds stay on problem documents, and outside everything that could refuse a
+            // preflight (src/cors.rs); inside telemetry, so that preflights are logged, counted
+            // and given a request id too.
             App::new()
                 .wrap(from_fn(local_only::refuse_foreign))
                 .wrap(ErrorHandlers::new().default_handler(problem_fallback))
+                .wrap(cors::layer(&cors_origins))
+                .wrap(from_fn(cors::only_when_granted))
                 .wrap(from_fn(telemetry::observe))
                 .app_data(web::Data::new(Db { pool }))
                 .app_data(web::Data::new(counters))
