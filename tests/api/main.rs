@@ -5,6 +5,7 @@ mod audit;
 mod chats;
 mod cluster;
 mod conversations;
+mod cors;
 mod errors;
 mod exact;
 mod helpers;
