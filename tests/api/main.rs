@@ -2,6 +2,7 @@
 //! database in a real PostgreSQL (DATABASE_URL's server, or a throwaway local cluster).
 
 mod audit;
+mod browser;
 mod chats;
 mod cluster;
 mod conversations;
