@@ -40,8 +40,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// `allow`: the route's methods, for the `Allow` header RFC 9110 §15.5.6 requires.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: String },
     #[error("idempotency key in flight")]
     IdempotencyKeyInFlight { retry_after_secs: u64 },
     #[error("version mismatch: {0}")]
@@ -98,7 +99,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::IdempotencyKeyInFlight { .. } => "idempotency_key_in_flight",
             ApiError::VersionMismatch(_) => "version_mismatch",
             ApiError::Conflict => "conflict",
@@ -121,7 +122,7 @@ impl ApiError {
             ApiError::Unauthorized => "send Authorization: Bearer <token>".into(),
             ApiError::Forbidden(why) => why.clone(),
             ApiError::NotFound(what) => what.clone(),
-            ApiError::MethodNotAllowed => "this route does not accept that method".into(),
+            ApiError::MethodNotAllowed { .. } => "this route does not accept that method".into(),
             ApiError::IdempotencyKeyInFlight { .. } => {
                 "a request with this Idempotency-Key is still running; retry later".into()
             }
@@ -196,7 +197,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyInFlight { .. } | ApiError::VersionMismatch(_) | ApiError::Conflict => {
                 StatusCode::CONFLICT
             }
@@ -225,6 +226,11 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Conflict) {
             response.extensions_mut().insert(Transient);
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            if let Ok(allow) = HeaderValue::from_str(allow) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
         }
         response
     }

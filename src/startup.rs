@@ -19,7 +19,7 @@ use crate::state::{Counters, Db, PublicBaseUrl, Uploads, Upserts, WorkerPools};
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpResponse, HttpServer};
 use sqlx::PgPool;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -175,9 +175,32 @@ fn connections_of(max: u32, workers: usize, worker: usize) -> u32 {
     max / workers + u32::from((worker as u32) < max % workers)
 }
 
-/// A route path; methods it does not list answer 405.
-fn at(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) }))
+/// A route path served for `methods` (the table's names); any other method answers 405 with
+/// the `Allow` header RFC 9110 §15.5.6 requires, which lists them (a `get` brings `HEAD`).
+fn at(path: &str, methods: &[&str]) -> actix_web::Resource {
+    let allow = methods
+        .iter()
+        .flat_map(|name| match *name {
+            "get" => ["GET", "HEAD"].as_slice(),
+            _ => std::slice::from_ref(name),
+        })
+        .map(|name| name.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    web::resource(path).default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
+    }))
+}
+
+/// The route of a method in the table. A `get` route answers `HEAD` too (RFC 9110 §9.3.2): the
+/// same handler, and actix-web sends the headers without the body.
+fn method(name: &str) -> actix_web::Route {
+    match name {
+        "get" => web::route().guard(guard::Any(guard::Get()).or(guard::Head())),
+        "post" => web::post(),
+        other => unreachable!("the route table names only get and post, not {other}"),
+    }
 }
 
 /// Declares every route once: registers it with its policies and lists it in [`ROUTES`],
@@ -199,9 +222,12 @@ macro_rules! route_table {
         ];
 
         fn routes(cfg: &mut web::ServiceConfig) {
-            $(cfg.service(at($path)$(.route(web::$method().to($handler)))+);)*
+            $(cfg.service(at($path, &[$(stringify!($method)),+])$(.route(method(stringify!($method)).to($handler)))+);)*
             let api = web::scope($scope).wrap(from_fn(auth::require_token));
-            $(let api = api.service(at($api)$(.route(web::$verb().to($action)$(.wrap(idempotency::keys($keys)))?))+);)*
+            $(let api = api.service(
+                at($api, &[$(stringify!($verb)),+])
+                    $(.route(method(stringify!($verb)).to($action)$(.wrap(idempotency::keys($keys)))?))+
+            );)*
             cfg.service(api);
         }
     };

@@ -207,6 +207,46 @@ async fn every_route_the_app_serves_is_in_the_openapi_document_and_the_docs_page
     assert_eq!(app.get("/docs/swagger-ui.css").await.status(), 200, "its assets too");
 }
 
+/// RFC 9110: a 405 carries `Allow` with the route's methods (§15.5.6), and every `GET` route
+/// answers `HEAD` with the headers of its `GET` and no body (§9.3.2).
+#[tokio::test]
+async fn a_405_names_the_routes_methods_and_head_is_get_without_the_body() {
+    let app = TestApp::spawn().await;
+    let created = app.post_json("/api/chats", &serde_json::json!({"participants": ["a", "b"]})).await;
+    let chat = format!("/api/chats/{}", created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap());
+    let mut paths: Vec<&str> = upsertd::startup::ROUTES.iter().map(|(_, path)| *path).collect();
+    paths.dedup();
+    for path in paths {
+        let mut methods: Vec<String> = upsertd::startup::ROUTES
+            .iter()
+            .filter(|(_, p)| *p == path)
+            .flat_map(|(method, _)| match *method {
+                "get" => vec!["GET".to_owned(), "HEAD".to_owned()],
+                other => vec![other.to_uppercase()],
+            })
+            .collect();
+        methods.sort();
+        let concrete = path.replace("{session_id}", "s").replace("{id}", "0").replace("{token}", "t");
+        for wrong in ["DELETE", "PUT", "PATCH"] {
+            let response = app.client.request(wrong.parse().unwrap(), app.url(&concrete)).send().await.unwrap();
+            assert_eq!(response.status(), 405, "{wrong} {path}");
+            let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+            let mut allowed: Vec<String> =
+                allow.unwrap_or_default().split(',').map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect();
+            allowed.sort();
+            assert_eq!(allowed, methods, "Allow of {wrong} {path}");
+        }
+    }
+    for path in ["/healthz", "/api/conversations", chat.as_str(), "/api/chats/0"] {
+        let get = app.get(path).await;
+        let head = app.client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        assert_eq!(head.headers().get("content-type"), get.headers().get("content-type"), "HEAD {path}");
+        assert!(!get.bytes().await.unwrap().is_empty(), "GET {path} has a body");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has none");
+    }
+}
+
 /// The document tells what the server answers: bearer auth and its 401 on every route behind
 /// it (not on the public ones), 413/415 wherever a JSON body is read, a version mismatch only
 /// where If-Match is taken, and every error as a problem document.
