@@ -20,6 +20,7 @@ type ChatPath = InPath<ChatId>;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateChatBody {
+    #[schema(schema_with = ParticipantsKey::schema, required = true)]
     participants: Option<Vec<String>>,
 }
 
@@ -79,8 +80,11 @@ pub async fn get(db: web::Data<Db>, path: ChatPath) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(chat))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListChatsQuery {
+    /// The chats this participant is in.
+    #[param(schema_with = ParticipantId::schema, required = true)]
     participant: Option<String>,
 }
 
@@ -88,10 +92,7 @@ pub struct ListChatsQuery {
     get,
     path = "/api/chats",
     tag = "chats",
-    params(
-        ("participant" = String, Query),
-        PageQuery
-    ),
+    params(ListChatsQuery, PageQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, body = Page<Chat>),

@@ -1,6 +1,6 @@
 //! The conversation resources as API.md §3 spells them, and the requests that write them.
 
-use crate::domain::{check_json_storable, optional_text, Patch, SessionId};
+use crate::domain::{check_json_storable, optional_text, text_schema, Patch, SessionId};
 use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -118,9 +118,37 @@ fn check_user_and_language(errors: &mut Vec<FieldError>, user_id: Option<&str>, 
 /// `POST /api/conversations`: everything optional.
 #[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct CreateConversationBody {
+    #[schema(schema_with = SessionId::schema)]
     session_id: Option<String>,
+    #[schema(schema_with = user_id_schema)]
     user_id: Option<String>,
+    #[schema(schema_with = language_schema)]
     language: Option<String>,
+}
+
+fn user_id_schema() -> utoipa::openapi::schema::Object {
+    text_schema(Some(MAX_USER_ID_CHARS), false)
+}
+
+fn language_schema() -> utoipa::openapi::schema::Object {
+    text_schema(Some(MAX_LANGUAGE_CHARS), false)
+}
+
+fn free_text_schema() -> utoipa::openapi::schema::Object {
+    text_schema(None, false)
+}
+
+/// The same, for save-analysis, where `null` clears a stored value.
+fn user_id_or_null() -> utoipa::openapi::schema::Object {
+    text_schema(Some(MAX_USER_ID_CHARS), true)
+}
+
+fn language_or_null() -> utoipa::openapi::schema::Object {
+    text_schema(Some(MAX_LANGUAGE_CHARS), true)
+}
+
+fn free_text_or_null() -> utoipa::openapi::schema::Object {
+    text_schema(None, true)
 }
 
 #[derive(Debug)]
@@ -147,18 +175,19 @@ impl CreateConversationBody {
 /// `POST /api/save-analysis`. Absent fields keep what is stored; present ones (even null) set.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SaveAnalysisBody {
+    #[schema(schema_with = SessionId::schema, required = true)]
     session_id: Option<String>,
     #[serde(default, deserialize_with = "Patch::present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = free_text_or_null, required = false)]
     transcript: Patch<String>,
     #[serde(default, deserialize_with = "Patch::present")]
     #[schema(value_type = Option<Object>)]
     analysis: Patch<Map<String, Value>>,
     #[serde(default, deserialize_with = "Patch::present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = language_or_null, required = false)]
     language: Patch<String>,
     #[serde(default, deserialize_with = "Patch::present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = user_id_or_null, required = false)]
     user_id: Patch<String>,
 }
 
@@ -264,19 +293,33 @@ impl SaveAnalysisBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AppendBody {
+    #[schema(required = true, min_items = 1, max_items = 50)]
     messages: Option<Vec<MessageBody>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct MessageBody {
     id: Option<Uuid>,
+    #[schema(required = true, value_type = Role)]
     role: Option<String>,
+    #[schema(required = true, schema_with = free_text_schema)]
     text: Option<String>,
+    #[schema(schema_with = free_text_schema)]
     translation: Option<String>,
+    #[schema(schema_with = free_text_schema)]
     grammar_suggestion: Option<String>,
     audio_id: Option<Uuid>,
     phonemes: Option<Value>,
     feedback: Option<Value>,
+}
+
+/// Who wrote a message.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // describes `MessageBody::role` in the document; the body reads a string
+enum Role {
+    User,
+    Bot,
 }
 
 /// A message ready to append; `id` is the client's, or a fresh UUIDv7.
@@ -346,7 +389,19 @@ pub struct Appended {
     pub messages: Vec<Message>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListConversationsQuery {
-    pub user_id: Option<String>,
+    /// Only this user's conversations.
+    #[param(schema_with = user_id_schema)]
+    user_id: Option<String>,
+}
+
+impl ListConversationsQuery {
+    /// The user to filter by: a query parameter follows the body fields' rules (422 naming it).
+    pub fn user_id(&self) -> Result<Option<&str>, ApiError> {
+        optional_text("user_id", self.user_id.as_deref(), MAX_USER_ID_CHARS)
+            .map_err(|e| ApiError::Validation(vec![e]))?;
+        Ok(self.user_id.as_deref())
+    }
 }

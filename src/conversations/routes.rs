@@ -46,7 +46,7 @@ fn no_conversation() -> ApiError {
     post,
     path = "/api/conversations",
     tag = "conversations",
-    request_body = CreateConversationBody,
+    request_body = Option<CreateConversationBody>,
     params(KeyHeader),
     security(("bearer" = [])),
     responses(
@@ -82,10 +82,7 @@ pub async fn get(db: web::Data<Db>, path: SessionPath) -> ApiResult<HttpResponse
     get,
     path = "/api/conversations",
     tag = "conversations",
-    params(
-        ("user_id" = Option<String>, Query),
-        PageQuery
-    ),
+    params(ListConversationsQuery, PageQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, body = Page<Conversation>),
@@ -98,7 +95,7 @@ pub async fn list(
     page: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
     let page = page_request(&page)?;
-    let items = store::list(&mut *db.conn().await?, filter.user_id.as_deref(), page).await?;
+    let items = store::list(&mut *db.conn().await?, filter.user_id()?, page).await?;
     Ok(HttpResponse::Ok().json(items))
 }
 
@@ -108,7 +105,8 @@ pub async fn list(
     tag = "conversations",
     request_body = SaveAnalysisBody,
     params(
-        ("If-Match" = Option<String>, Header, description = "Update only at this version"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?-?[0-9]{1,18}"?)$"#,
+            description = "Update only at this version: the ETag of a conversation (\"3\"), or * for any"),
         KeyHeader
     ),
     security(("bearer" = [])),

@@ -16,6 +16,31 @@ impl Money {
     /// What `numeric(20, 6)` holds: 14 digits before the point, so every amount is below 10^14.
     pub const LIMIT: Decimal = Decimal::from_parts(276_447_232, 23_283, 0, false, 0);
 
+    /// The schema of a money field that takes `0` (`cost`) or only amounts above it (`amount`):
+    /// a JSON number or a decimal string, at most 6 significant fractional digits, below 10^14,
+    /// never negative (what [`Money::parse`] and the routes accept; a test holds them together).
+    pub fn schema(zero_allowed: bool) -> utoipa::openapi::schema::Schema {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let (pattern, number) = match zero_allowed {
+            true => (Self::PATTERN, ObjectBuilder::new().minimum(Some(0))),
+            false => (Self::POSITIVE_PATTERN, ObjectBuilder::new().exclusive_minimum(Some(0))),
+        };
+        let text = ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern));
+        let number = number.schema_type(Type::Number).exclusive_maximum(Some(1e14)).multiple_of(Some(1e-6));
+        OneOfBuilder::new()
+            .item(text)
+            .item(number)
+            .description(Some("A JSON number or a decimal string: at most 6 fractional digits, below 10^14"))
+            .build()
+            .into()
+    }
+
+    /// The decimal strings [`Money::schema`] states: up to 14 digits before the point, up to 6
+    /// significant ones after it (trailing zeros do not count).
+    pub const PATTERN: &'static str = "^0*([0-9]{1,14}(\\.[0-9]{0,6}0*)?|\\.[0-9]{1,6}0*)$";
+    /// The same, above zero.
+    pub const POSITIVE_PATTERN: &'static str = "^0*([1-9][0-9]{0,13}(\\.[0-9]{0,6}0*)?|0?\\.[0-9]{0,5}[1-9]0*)$";
+
     pub fn parse(field: &str, value: &Value) -> Result<Self, FieldError> {
         let text = match value {
             Value::Number(n) => n.to_string(),

@@ -6,8 +6,17 @@ use crate::error::FieldError;
 pub struct ParticipantId(String);
 
 impl ParticipantId {
+    pub const MAX_LEN: usize = 128;
+    /// What [`ParticipantId::parse`] accepts (with the length), as the OpenAPI document states it.
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._@:-]+$";
+
+    /// The schema of every user, campaign and streamer id in the document.
+    pub fn schema() -> utoipa::openapi::schema::Object {
+        super::text::pattern_schema(Self::PATTERN, Self::MAX_LEN, "1-128 characters of A-Z a-z 0-9 . _ @ : -")
+    }
+
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if raw.is_empty() || raw.len() > 128 {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN {
             return Err(FieldError::new(field, "must be 1 to 128 characters"));
         }
         if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b':' | b'-')) {
@@ -34,6 +43,20 @@ pub struct ParticipantsKey {
 impl ParticipantsKey {
     pub const MIN: usize = 2;
     pub const MAX: usize = 32;
+
+    /// The schema of a chat's `participants`. JSON Schema cannot count distinct items once
+    /// repeats are removed, so the description says it and the bounds are on the list as sent
+    /// (the Schemathesis configuration exempts that one rule: README, "The OpenAPI document").
+    pub fn schema() -> utoipa::openapi::schema::Array {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(ParticipantId::schema())
+            .min_items(Some(Self::MIN))
+            .max_items(Some(Self::MAX))
+            .description(Some(
+                "2-32 distinct participant ids once repeats are removed; order and repeats do not matter",
+            ))
+            .build()
+    }
 
     /// Order and repeats do not matter; 2-32 distinct ids must remain.
     pub fn from_ids(mut ids: Vec<ParticipantId>) -> Result<Self, FieldError> {

@@ -10,6 +10,13 @@ pub struct SessionId(String);
 
 impl SessionId {
     pub const MAX_LEN: usize = 128;
+    /// What [`SessionId::parse`] accepts (with the length), as the OpenAPI document states it.
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._:-]+$";
+
+    /// The schema of every session id in the document.
+    pub fn schema() -> utoipa::openapi::schema::Object {
+        super::text::pattern_schema(Self::PATTERN, Self::MAX_LEN, "1-128 characters of A-Z a-z 0-9 . _ : -")
+    }
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         if raw.is_empty() {

@@ -45,6 +45,33 @@ impl<'de, T: Deserialize<'de>> Patch<T> {
     }
 }
 
+/// The OpenAPI schema of a string that `pattern` (anchored, ASCII) and the lengths describe
+/// exactly: how a domain type tells the document what its `parse` accepts.
+pub(super) fn pattern_schema(pattern: &str, max_len: usize, description: &str) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .min_length(Some(1))
+        .max_length(Some(max_len))
+        .description(Some(description))
+        .build()
+}
+
+/// The schema of free text that [`optional_text`] accepts: no NUL, at most `max_chars`.
+/// `nullable`: a field of a patch, where `null` clears what is stored.
+pub fn text_schema(max_chars: Option<usize>, nullable: bool) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let types = match nullable {
+        true => SchemaType::from_iter([Type::String, Type::Null]),
+        false => SchemaType::Type(Type::String),
+    };
+    ObjectBuilder::new().schema_type(types).pattern(Some(NO_NUL)).max_length(max_chars).build()
+}
+
+/// Any text without NUL, which PostgreSQL's `text` cannot hold.
+pub const NO_NUL: &str = "^[^\\x00]*$";
+
 /// Free text with a length limit. PostgreSQL cannot store NUL in `text`, so it is refused here
 /// with a 422 rather than failing in the database.
 pub fn optional_text(field: &str, value: Option<&str>, max_chars: usize) -> Result<(), FieldError> {

@@ -234,7 +234,9 @@ fn whole_number(field: &str, value: &Number, min: i64) -> Result<i64, ApiError> 
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateBody {
+    #[schema(schema_with = ParticipantId::schema, required = true)]
     campaign_id: Option<String>,
+    #[schema(schema_with = ParticipantId::schema, required = true)]
     streamer_id: Option<String>,
 }
 
@@ -257,9 +259,16 @@ impl CreateBody {
 pub struct ImpressionsBody {
     #[schema(value_type = Option<i64>, minimum = 1)]
     count: Option<Number>,
-    /// A number or a decimal string, at most six fractional digits.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = cost_schema)]
     cost: Option<Money>,
+}
+
+fn cost_schema() -> utoipa::openapi::schema::Schema {
+    Money::schema(true)
+}
+
+fn amount_schema() -> utoipa::openapi::schema::Schema {
+    Money::schema(false)
 }
 
 impl ImpressionsBody {
@@ -276,7 +285,19 @@ impl ImpressionsBody {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ClickBody {
     #[serde(rename = "type")]
+    #[schema(value_type = Option<ClickKind>)]
     kind: Option<String>,
+}
+
+/// What was clicked (default `direct`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // describes `ClickBody::kind` in the document; the body reads a string
+enum ClickKind {
+    Direct,
+    Chat,
+    Qr,
+    Link,
 }
 
 impl ClickBody {
@@ -308,8 +329,7 @@ impl ViewerSampleBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EarningsBody {
-    /// A number or a decimal string, at most six fractional digits.
-    #[schema(value_type = String)]
+    #[schema(schema_with = amount_schema, required = true)]
     amount: Option<Money>,
 }
 
@@ -325,6 +345,12 @@ impl EarningsBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCommandBody {
+    /// 1-100 characters, not all spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     command: Option<String>,
 }
 

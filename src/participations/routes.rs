@@ -83,7 +83,7 @@ async fn record(
     post,
     path = "/api/participations/{id}/impressions",
     tag = "participations",
-    request_body = ImpressionsBody,
+    request_body = Option<ImpressionsBody>,
     params(
         ParticipationPath,
         KeyHeader
@@ -107,7 +107,7 @@ pub async fn impressions(
     post,
     path = "/api/participations/{id}/clicks",
     tag = "participations",
-    request_body = ClickBody,
+    request_body = Option<ClickBody>,
     params(
         ParticipationPath,
         KeyHeader
@@ -184,7 +184,7 @@ fn overlay_base(public: &PublicBaseUrl) -> String {
     post,
     path = "/api/participations/{id}/chat-command",
     tag = "participations",
-    request_body = ChatCommandBody,
+    request_body = Option<ChatCommandBody>,
     params(
         ParticipationPath,
         KeyHeader
