@@ -104,13 +104,15 @@ pub async fn read_limited(payload: &mut Payload, limit: usize) -> Result<BytesMu
     Ok(body)
 }
 
-/// Parses a body that must be a JSON object; an empty body counts as `{}`.
+/// Parses a body that must be a JSON object; an empty body, or `null`, counts as `{}` (a body
+/// the document marks optional may come as either).
 pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?
     };
+    let value = if value.is_null() { Value::Object(Default::default()) } else { value };
     if !value.is_object() {
         return Err(ApiError::malformed("the body must be a JSON object"));
     }
@@ -214,15 +216,21 @@ pub(crate) use uuid_path_id;
 
 /// The schema of a UUID path segment.
 pub fn uuid_schema() -> utoipa::openapi::Schema {
-    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-    ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))).into()
+    uuid_object().into()
 }
 
-/// The schema of a text path segment: its length and the pattern of its characters.
-pub fn text_schema(min: usize, max: usize, pattern: &str) -> utoipa::openapi::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    let text = ObjectBuilder::new().schema_type(Type::String).min_length(Some(min)).max_length(Some(max));
-    text.pattern(Some(pattern)).into()
+/// A UUID in its usual spelling. The pattern states it because `format: uuid` is only a hint to
+/// most tools; the parser also reads the other spellings of the `uuid` crate (no hyphens, braces).
+pub fn uuid_object() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let hex = "[0-9A-Fa-f]";
+    let pattern = format!("^{hex}{{8}}-{hex}{{4}}-{hex}{{4}}-{hex}{{4}}-{hex}{{12}}$");
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+        .pattern(Some(pattern))
+        .examples(["0190b9d2-0000-7000-8000-000000000001"])
+        .build()
 }
 
 #[cfg(test)]

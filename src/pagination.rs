@@ -37,7 +37,7 @@ impl Cursor {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// How many items a page holds.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 200, default = 50)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200, default = 50, example = 20)]
     limit: Option<String>,
     /// The `next_cursor` of the page before.
     cursor: Option<String>,

@@ -19,6 +19,7 @@ uuid_path_id!(
 type ChatPath = InPath<ChatId>;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"participants": ["alice", "bob"]}))]
 pub struct CreateChatBody {
     #[schema(schema_with = ParticipantsKey::schema, required = true)]
     participants: Option<Vec<String>>,
@@ -45,6 +46,7 @@ impl CreateChatBody {
 #[utoipa::path(
     post,
     path = "/api/chats",
+    operation_id = "create_chat",
     tag = "chats",
     request_body = CreateChatBody,
     params(KeyHeader),
@@ -65,6 +67,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult
 #[utoipa::path(
     get,
     path = "/api/chats/{id}",
+    operation_id = "get_chat",
     tag = "chats",
     params(ChatPath),
     security(("bearer" = [])),
@@ -80,17 +83,32 @@ pub async fn get(db: web::Data<Db>, path: ChatPath) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(chat))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, Deserialize)]
 pub struct ListChatsQuery {
-    /// The chats this participant is in.
-    #[param(schema_with = ParticipantId::schema, required = true)]
     participant: Option<String>,
+}
+
+/// Written out because the derive drops `required` and the description of a field whose schema
+/// comes from a function (utoipa 5.5).
+impl utoipa::IntoParams for ListChatsQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        let participant = ParameterBuilder::new()
+            .name("participant")
+            .parameter_in(ParameterIn::Query)
+            .required(utoipa::openapi::Required::True)
+            .description(Some("The chats this participant is in"))
+            .schema(Some(ParticipantId::schema()));
+        vec![participant.build()]
+    }
 }
 
 #[utoipa::path(
     get,
     path = "/api/chats",
+    operation_id = "list_chats",
     tag = "chats",
     params(ListChatsQuery, PageQuery),
     security(("bearer" = [])),

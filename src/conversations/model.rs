@@ -1,6 +1,6 @@
 //! The conversation resources as API.md §3 spells them, and the requests that write them.
 
-use crate::domain::{check_json_storable, optional_text, text_schema, Patch, SessionId};
+use crate::domain::{check_json_storable, optional_text, or_null, text_schema, Patch, SessionId};
 use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -117,13 +117,23 @@ fn check_user_and_language(errors: &mut Vec<FieldError>, user_id: Option<&str>, 
 
 /// `POST /api/conversations`: everything optional.
 #[derive(Debug, Deserialize, Default, ToSchema)]
+#[schema(example = json!({"session_id": "sess-42", "user_id": "alice", "language": "en"}))]
 pub struct CreateConversationBody {
-    #[schema(schema_with = SessionId::schema)]
+    /// Absent or null: the server makes one.
+    #[schema(schema_with = session_id_or_null)]
     session_id: Option<String>,
-    #[schema(schema_with = user_id_schema)]
+    #[schema(schema_with = user_id_or_null)]
     user_id: Option<String>,
-    #[schema(schema_with = language_schema)]
+    #[schema(schema_with = language_or_null)]
     language: Option<String>,
+}
+
+fn uuid_or_null() -> utoipa::openapi::schema::Object {
+    or_null(crate::extract::uuid_object())
+}
+
+fn session_id_or_null() -> utoipa::openapi::schema::Object {
+    or_null(SessionId::schema())
 }
 
 fn user_id_schema() -> utoipa::openapi::schema::Object {
@@ -174,6 +184,7 @@ impl CreateConversationBody {
 
 /// `POST /api/save-analysis`. Absent fields keep what is stored; present ones (even null) set.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"session_id": "sess-42", "transcript": "Hello there", "analysis": {"score": 0.92}}))]
 pub struct SaveAnalysisBody {
     #[schema(schema_with = SessionId::schema, required = true)]
     session_id: Option<String>,
@@ -235,18 +246,48 @@ pub enum Expected {
 }
 
 /// Parses `If-Match`: `"3"`, `W/"3"`, `3` or `*`.
+/// The `If-Match` header of save-analysis as the OpenAPI document states it: what
+/// [`parse_if_match`] accepts (a test holds the two together).
+pub struct IfMatchHeader;
+
+impl utoipa::IntoParams for IfMatchHeader {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r#"^(\*|(W/)?"[0-9]{1,18}"|[0-9]{1,18})$"#))
+            .examples(["\"1\""]);
+        let header = ParameterBuilder::new()
+            .name("If-Match")
+            .parameter_in(ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some("Update only at this version: a conversation's ETag (\"3\"), or * for any"))
+            .schema(Some(schema));
+        vec![header.build()]
+    }
+}
+
 pub fn parse_if_match(raw: Option<&str>) -> Result<Option<Expected>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
-    let raw = raw.trim();
     if raw == "*" {
         return Ok(Some(Expected::Exists));
     }
-    raw.trim_start_matches("W/").trim_matches('"').parse::<i64>().map(|v| Some(Expected::Version(v))).map_err(|_| {
-        ApiError::Malformed {
+    // An entity tag (RFC 9110 §8.8.3), weak or strong, or the bare number older clients send.
+    let digits = match raw.strip_prefix("W/").unwrap_or(raw) {
+        quoted if quoted.len() > 2 && quoted.starts_with('"') && quoted.ends_with('"') => &quoted[1..quoted.len() - 1],
+        bare if bare == raw => bare,
+        _ => "",
+    };
+    match digits.len() <= 18 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        true => Ok(Some(Expected::Version(digits.parse().expect("at most 18 digits")))),
+        false => Err(ApiError::Malformed {
             detail: "If-Match must be a version ETag such as \"3\"".into(),
             field: Some("If-Match".into()),
-        }
-    })
+        }),
+    }
 }
 
 /// The `analysis` part of an upload, whose text holds JSON (save-analysis types its field as
@@ -292,25 +333,49 @@ impl SaveAnalysisBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"messages": [{"role": "user", "text": "Hello"}, {"role": "bot", "text": "Hi!"}]}))]
 pub struct AppendBody {
-    #[schema(required = true, min_items = 1, max_items = 50)]
+    #[schema(value_type = Vec<MessageBody>, min_items = 1, max_items = 50)]
     messages: Option<Vec<MessageBody>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct MessageBody {
+    #[schema(schema_with = uuid_or_null)]
     id: Option<Uuid>,
     #[schema(required = true, value_type = Role)]
     role: Option<String>,
     #[schema(required = true, schema_with = free_text_schema)]
     text: Option<String>,
-    #[schema(schema_with = free_text_schema)]
+    #[schema(schema_with = free_text_or_null)]
     translation: Option<String>,
-    #[schema(schema_with = free_text_schema)]
+    #[schema(schema_with = free_text_or_null)]
     grammar_suggestion: Option<String>,
+    #[schema(schema_with = uuid_or_null)]
     audio_id: Option<Uuid>,
     phonemes: Option<Value>,
     feedback: Option<Value>,
+}
+
+/// The parts of an `upload-audio` form, for the OpenAPI document only: `upload::receive` reads
+/// the parts as they stream in. Empty text parts count as absent (HTML forms send every field).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)] // only for the document: it says `additionalProperties: false`
+#[allow(dead_code)] // describes the form in the document; the handler streams the parts
+pub struct UploadForm {
+    /// The recording: WAV, WebM, Ogg, MP3, FLAC or MP4/M4A, recognised by its first bytes.
+    #[schema(value_type = String, format = Binary)]
+    audio: Vec<u8>,
+    #[schema(schema_with = SessionId::schema)]
+    session_id: Option<String>,
+    #[schema(schema_with = language_schema)]
+    language: Option<String>,
+    #[schema(schema_with = user_id_schema)]
+    user_id: Option<String>,
+    #[schema(schema_with = free_text_schema)]
+    transcript: Option<String>,
+    /// A JSON object, sent as the part's text.
+    analysis: Option<Map<String, Value>>,
 }
 
 /// Who wrote a message.

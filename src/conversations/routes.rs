@@ -1,15 +1,15 @@
 //! Thin handlers: parse, call one store function, shape the answer.
 
 use super::model::{
-    parse_if_match, AnalysisUpsert, AppendBody, Appended, Conversation, CreateConversationBody, ListConversationsQuery,
-    Message, SaveAnalysisBody,
+    parse_if_match, AnalysisUpsert, AppendBody, Appended, Conversation, CreateConversationBody, IfMatchHeader,
+    ListConversationsQuery, Message, SaveAnalysisBody, UploadForm,
 };
 use super::{audio, store, upload};
 use crate::domain::{Patch, SessionId};
 use crate::error::{
     ApiError, ApiResult, ConditionalWrite, JsonWrite, JsonWriteTo, Listing, ListingOf, Lookup, UploadWrite,
 };
-use crate::extract::{path_segment, text_schema, uuid_path_id, InPath, JsonBody, PathSegment};
+use crate::extract::{path_segment, uuid_path_id, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
@@ -28,7 +28,7 @@ path_segment!(
     "session_id",
     "no conversation has this session_id",
     |raw| SessionId::parse("session_id", raw).ok(),
-    text_schema(1, SessionId::MAX_LEN, "^[A-Za-z0-9._:-]+$")
+    SessionId::schema().into()
 );
 type SessionPath = InPath<SessionId>;
 
@@ -45,6 +45,7 @@ fn no_conversation() -> ApiError {
 #[utoipa::path(
     post,
     path = "/api/conversations",
+    operation_id = "create_conversation",
     tag = "conversations",
     request_body = Option<CreateConversationBody>,
     params(KeyHeader),
@@ -65,6 +66,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> A
 #[utoipa::path(
     get,
     path = "/api/conversations/{session_id}",
+    operation_id = "get_conversation",
     tag = "conversations",
     params(SessionPath),
     security(("bearer" = [])),
@@ -81,6 +83,7 @@ pub async fn get(db: web::Data<Db>, path: SessionPath) -> ApiResult<HttpResponse
 #[utoipa::path(
     get,
     path = "/api/conversations",
+    operation_id = "list_conversations",
     tag = "conversations",
     params(ListConversationsQuery, PageQuery),
     security(("bearer" = [])),
@@ -105,8 +108,7 @@ pub async fn list(
     tag = "conversations",
     request_body = SaveAnalysisBody,
     params(
-        ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?-?[0-9]{1,18}"?)$"#,
-            description = "Update only at this version: the ETag of a conversation (\"3\"), or * for any"),
+        IfMatchHeader,
         KeyHeader
     ),
     security(("bearer" = [])),
@@ -141,11 +143,7 @@ pub async fn save_analysis(
     post,
     path = "/api/upload-audio",
     tag = "conversations",
-    request_body(
-        content_type = "multipart/form-data",
-        description = "Part `audio` (the file) and optional text parts session_id, language, user_id, transcript, \
-                       analysis (JSON)"
-    ),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
     params(KeyHeader),
     security(("bearer" = [])),
     responses(

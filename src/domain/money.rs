@@ -37,7 +37,8 @@ impl Money {
 
     /// The decimal strings [`Money::schema`] states: up to 14 digits before the point, up to 6
     /// significant ones after it (trailing zeros do not count).
-    pub const PATTERN: &'static str = "^0*([0-9]{1,14}(\\.[0-9]{0,6}0*)?|\\.[0-9]{1,6}0*)$";
+    /// (A zero may carry a sign: `-0` is zero.)
+    pub const PATTERN: &'static str = "^(0*([0-9]{1,14}(\\.[0-9]{0,6}0*)?|\\.[0-9]{1,6}0*)|-0+(\\.0*)?|-0*\\.0+)$";
     /// The same, above zero.
     pub const POSITIVE_PATTERN: &'static str = "^0*([1-9][0-9]{0,13}(\\.[0-9]{0,6}0*)?|0?\\.[0-9]{0,5}[1-9]0*)$";
 

@@ -12,7 +12,13 @@ impl ParticipantId {
 
     /// The schema of every user, campaign and streamer id in the document.
     pub fn schema() -> utoipa::openapi::schema::Object {
-        super::text::pattern_schema(Self::PATTERN, Self::MAX_LEN, "1-128 characters of A-Z a-z 0-9 . _ @ : -")
+        super::text::pattern_schema(
+            Self::PATTERN,
+            1,
+            Self::MAX_LEN,
+            "1-128 characters of A-Z a-z 0-9 . _ @ : -",
+            "alice",
+        )
     }
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {

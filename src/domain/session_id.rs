@@ -15,7 +15,13 @@ impl SessionId {
 
     /// The schema of every session id in the document.
     pub fn schema() -> utoipa::openapi::schema::Object {
-        super::text::pattern_schema(Self::PATTERN, Self::MAX_LEN, "1-128 characters of A-Z a-z 0-9 . _ : -")
+        super::text::pattern_schema(
+            Self::PATTERN,
+            1,
+            Self::MAX_LEN,
+            "1-128 characters of A-Z a-z 0-9 . _ : -",
+            "sess-42",
+        )
     }
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {

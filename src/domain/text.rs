@@ -47,14 +47,21 @@ impl<'de, T: Deserialize<'de>> Patch<T> {
 
 /// The OpenAPI schema of a string that `pattern` (anchored, ASCII) and the lengths describe
 /// exactly: how a domain type tells the document what its `parse` accepts.
-pub(super) fn pattern_schema(pattern: &str, max_len: usize, description: &str) -> utoipa::openapi::schema::Object {
+pub(super) fn pattern_schema(
+    pattern: &str,
+    min_len: usize,
+    max_len: usize,
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(pattern))
-        .min_length(Some(1))
+        .min_length(Some(min_len))
         .max_length(Some(max_len))
         .description(Some(description))
+        .examples([example])
         .build()
 }
 
@@ -67,6 +74,13 @@ pub fn text_schema(max_chars: Option<usize>, nullable: bool) -> utoipa::openapi:
         false => SchemaType::Type(Type::String),
     };
     ObjectBuilder::new().schema_type(types).pattern(Some(NO_NUL)).max_length(max_chars).build()
+}
+
+/// `schema` (a string's), taking `null` too: an optional field where `null` means absent.
+pub fn or_null(mut schema: utoipa::openapi::schema::Object) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+    schema
 }
 
 /// Any text without NUL, which PostgreSQL's `text` cannot hold.

@@ -13,6 +13,15 @@ impl BrowserSourceToken {
         Self(hex::encode(bytes))
     }
 
+    /// What [`BrowserSourceToken::parse`] accepts, as the OpenAPI document states it.
+    pub const PATTERN: &'static str = "^[0-9a-f]{64}$";
+
+    /// The schema of a token in the document.
+    pub fn schema() -> utoipa::openapi::schema::Object {
+        let example = "5f2b0c8e9a7d4e1f3b6a8c0d2e4f6a8b1c3d5e7f9a0b2c4d6e8f0a1b3c5d7e9f";
+        super::text::pattern_schema(Self::PATTERN, 64, 64, "64 lowercase hex characters", example)
+    }
+
     /// A token from outside (a path, a legacy document): the shape this server makes, or it is no
     /// token.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {

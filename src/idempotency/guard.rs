@@ -49,7 +49,8 @@ impl utoipa::IntoParams for KeyHeader {
             .schema_type(Type::String)
             .min_length(Some(1))
             .max_length(Some(IdempotencyKey::MAX_LEN))
-            .pattern(Some("^[\\x21-\\x7E]+$"));
+            .pattern(Some("^[\\x21-\\x7E]+$"))
+            .examples(["7c1e3a9e-5f0b-4c2d-9a51-0e6f2b8d4c11"]);
         let header = ParameterBuilder::new()
             .name("Idempotency-Key")
             .parameter_in(ParameterIn::Header)

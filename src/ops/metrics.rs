@@ -8,6 +8,7 @@ use actix_web::{web, HttpResponse};
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]

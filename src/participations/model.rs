@@ -4,9 +4,11 @@ use crate::domain::{Money, ParticipantId};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{uuid_path_id, PathSegment};
 use chrono::{DateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Number;
+use std::str::FromStr;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -220,12 +222,16 @@ impl Delta {
 }
 
 /// A whole number in `min..`; a JSON number that is not one is a 422. (A value that is not a
-/// JSON number never gets here: the extractor refuses it as the wrong type.)
+/// JSON number never gets here: the extractor refuses it as the wrong type.) `12.0` and `1.2e1`
+/// are whole, as JSON Schema's `integer` says.
 fn whole_number(field: &str, value: &Number, min: i64) -> Result<i64, ApiError> {
-    match value.as_i64() {
+    let text = value.to_string();
+    let integral =
+        Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok().filter(|d| d.fract().is_zero());
+    match value.as_i64().or_else(|| integral.and_then(|d| d.to_i64())) {
         Some(v) if v >= min => Ok(v),
         Some(_) => Err(ApiError::invalid(field, format!("must be at least {min}"))),
-        None if value.to_string().bytes().all(|b| b.is_ascii_digit()) => {
+        None if integral.is_some() || text.bytes().all(|b| b.is_ascii_digit()) => {
             Err(ApiError::invalid(field, "is too large: at most 9223372036854775807"))
         }
         None => Err(ApiError::invalid(field, "must be a whole number")),
@@ -233,6 +239,7 @@ fn whole_number(field: &str, value: &Number, min: i64) -> Result<i64, ApiError> 
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"campaign_id": "camp-1", "streamer_id": "streamer-7"}))]
 pub struct CreateBody {
     #[schema(schema_with = ParticipantId::schema, required = true)]
     campaign_id: Option<String>,
@@ -256,6 +263,7 @@ impl CreateBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"count": 10, "cost": "0.25"}))]
 pub struct ImpressionsBody {
     #[schema(value_type = Option<i64>, minimum = 1)]
     count: Option<Number>,
@@ -263,8 +271,14 @@ pub struct ImpressionsBody {
     cost: Option<Money>,
 }
 
+/// Optional: absent or null is no cost.
 fn cost_schema() -> utoipa::openapi::schema::Schema {
-    Money::schema(true)
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let mut cost = Money::schema(true);
+    if let Schema::OneOf(one_of) = &mut cost {
+        one_of.items.push(ObjectBuilder::new().schema_type(Type::Null).into());
+    }
+    cost
 }
 
 fn amount_schema() -> utoipa::openapi::schema::Schema {
@@ -283,6 +297,7 @@ impl ImpressionsBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"type": "qr"}))]
 pub struct ClickBody {
     #[serde(rename = "type")]
     #[schema(value_type = Option<ClickKind>)]
@@ -314,6 +329,7 @@ impl ClickBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"viewer_count": 120}))]
 pub struct ViewerSampleBody {
     #[schema(value_type = i64, minimum = 0)]
     viewer_count: Option<Number>,
@@ -328,6 +344,7 @@ impl ViewerSampleBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"amount": "1.50"}))]
 pub struct EarningsBody {
     #[schema(schema_with = amount_schema, required = true)]
     amount: Option<Money>,
@@ -344,6 +361,7 @@ impl EarningsBody {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"command": "!join"}))]
 pub struct ChatCommandBody {
     /// 1-100 characters, not all spaces, no control characters.
     #[schema(

@@ -8,7 +8,7 @@ use super::model::{
 use super::{qr, store};
 use crate::domain::BrowserSourceToken;
 use crate::error::{ApiError, ApiResult, JsonWrite, JsonWriteTo, Lookup, PublicLookup, WriteTo};
-use crate::extract::{path_segment, text_schema, InPath, JsonBody, PathSegment};
+use crate::extract::{path_segment, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::reply::{Outcome, Reply};
 use crate::state::{Counters, Db, PublicBaseUrl};
@@ -23,7 +23,7 @@ path_segment!(
     "token",
     "unknown browser source token",
     |raw| BrowserSourceToken::parse("token", raw).ok(),
-    text_schema(64, 64, "^[0-9a-f]{64}$")
+    BrowserSourceToken::schema().into()
 );
 type TokenPath = InPath<BrowserSourceToken>;
 
@@ -35,6 +35,7 @@ fn updated(participation: Option<super::model::Participation>) -> ApiResult<Repl
 #[utoipa::path(
     post,
     path = "/api/participations",
+    operation_id = "create_participation",
     tag = "participations",
     request_body = CreateBody,
     params(KeyHeader),
@@ -55,6 +56,7 @@ pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<Htt
 #[utoipa::path(
     get,
     path = "/api/participations/{id}",
+    operation_id = "get_participation",
     tag = "participations",
     params(ParticipationPath),
     security(("bearer" = [])),

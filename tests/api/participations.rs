@@ -102,6 +102,28 @@ async fn concurrent_viewer_samples_give_the_exact_mean_and_peak() {
     assert_ledger_matches(&app).await;
 }
 
+/// What JSON Schema calls valid is valid here (the OpenAPI document is what clients generate
+/// from): `12.0` is the integer 12, and a `null` body is no body, which counts as `{}`.
+#[tokio::test]
+async fn an_integer_with_a_zero_fraction_counts_and_a_null_body_is_an_empty_one() {
+    let app = TestApp::spawn().await;
+    let created = app.participation("integers", "streamer_1").await;
+    let id = created["id"].as_str().unwrap();
+    let sample =
+        app.post_json(&format!("/api/participations/{id}/viewer-samples"), json!({"viewer_count": 12.0})).await;
+    assert_eq!(sample.status(), 200);
+    let impressions = app.post_json(&format!("/api/participations/{id}/impressions"), json!({"count": 2e0})).await;
+    assert_eq!(impressions.status(), 200);
+    let click = app.post_json(&format!("/api/participations/{id}/clicks"), Value::Null).await;
+    assert_eq!(click.status(), 200, "null counts as {{}}: a direct click");
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!((stored["peak_viewer_count"].as_i64(), stored["impressions"].as_i64()), (Some(12), Some(14)));
+    assert_eq!(stored["clicks"], 1);
+    let half = app.post_json(&format!("/api/participations/{id}/viewer-samples"), json!({"viewer_count": 12.5})).await;
+    assert_eq!(half.status(), 422, "a fraction is still no whole number");
+    assert_ledger_matches(&app).await;
+}
+
 #[tokio::test]
 async fn the_token_never_changes_and_the_overlay_finds_it() {
     let app = TestApp::spawn_with(&["--public-base-url", "https://ads.example.com/"]).await;
