@@ -177,7 +177,8 @@ fn connections_of(max: u32, workers: usize, worker: usize) -> u32 {
 
 /// A route path served for `methods` (the table's names); any other method answers 405 with
 /// the `Allow` header RFC 9110 §15.5.6 requires, which lists them (a `get` brings `HEAD`).
-fn at(path: &str, methods: &[&str]) -> actix_web::Resource {
+/// `pattern` is its whole path, the route label of its logs and metrics.
+fn at(path: &str, pattern: &'static str, methods: &[&str]) -> actix_web::Resource {
     let allow = methods
         .iter()
         .flat_map(|name| match *name {
@@ -187,7 +188,7 @@ fn at(path: &str, methods: &[&str]) -> actix_web::Resource {
         .map(|name| name.to_ascii_uppercase())
         .collect::<Vec<_>>()
         .join(", ");
-    web::resource(path).default_service(web::to(move || {
+    web::resource(path).app_data(telemetry::Route(pattern)).default_service(web::to(move || {
         let allow = allow.clone();
         async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow }) }
     }))
@@ -222,10 +223,10 @@ macro_rules! route_table {
         ];
 
         fn routes(cfg: &mut web::ServiceConfig) {
-            $(cfg.service(at($path, &[$(stringify!($method)),+])$(.route(method(stringify!($method)).to($handler)))+);)*
+            $(cfg.service(at($path, $path, &[$(stringify!($method)),+])$(.route(method(stringify!($method)).to($handler)))+);)*
             let api = web::scope($scope).wrap(from_fn(auth::require_token));
             $(let api = api.service(
-                at($api, &[$(stringify!($verb)),+])
+                at($api, concat!($scope, $api), &[$(stringify!($verb)),+])
                     $(.route(method(stringify!($verb)).to($action)$(.wrap(idempotency::keys($keys)))?))+
             );)*
             cfg.service(api);

@@ -8,6 +8,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
+use std::borrow::Cow;
 use std::time::Instant;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
@@ -18,6 +19,12 @@ pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// The pattern of a route, given to it where it is registered (`startup`), for the route label
+/// of logs and metrics: asking the router afterwards (`match_pattern`) walks every resource and
+/// matches each pattern again, which cost 6.5% of the server's CPU on a hot counter.
+#[derive(Debug, Clone, Copy)]
+pub struct Route(pub &'static str);
 
 /// The id of a request: the caller's `X-Request-Id` when it is a sane token, else a new UUID.
 #[derive(Debug, Clone)]
@@ -47,11 +54,14 @@ pub async fn observe(
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = method_label(req.method());
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let span = tracing::info_span!("request", request_id = %id, %method, route = tracing::field::Empty);
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
+    // Routes of the table carry their pattern; the rest (the docs pages, 404s) ask the router.
+    let routed = response.request().app_data::<Route>().map(|route| Cow::Borrowed(route.0));
+    let route = routed.or_else(|| response.request().match_pattern().map(Cow::Owned)).unwrap_or("unmatched".into());
+    span.record("route", &*route);
     span.in_scope(|| tracing::info!(status, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "served"));
     metrics::counter!(REQUESTS, "route" => route.clone(), "method" => method, "status" => status.to_string())
         .increment(1);
