@@ -128,8 +128,20 @@ pub struct CreateConversationBody {
     language: Option<String>,
 }
 
-fn uuid_or_null() -> utoipa::openapi::schema::Object {
-    or_null(crate::extract::uuid_object())
+/// A UUID or null, described: what the rules of a message's references are, which depend on
+/// other rows and so cannot be a schema's.
+fn uuid_or_null(description: &str) -> utoipa::openapi::schema::Object {
+    let mut uuid = or_null(crate::extract::uuid_object());
+    uuid.description = Some(description.to_owned());
+    uuid
+}
+
+fn message_id_schema() -> utoipa::openapi::schema::Object {
+    uuid_or_null("The message's id (default: a new one); an id another conversation holds is refused (422)")
+}
+
+fn audio_id_schema() -> utoipa::openapi::schema::Object {
+    uuid_or_null("An uploaded audio file's id; one that names no file is refused (422)")
 }
 
 fn session_id_or_null() -> utoipa::openapi::schema::Object {
@@ -341,7 +353,7 @@ pub struct AppendBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct MessageBody {
-    #[schema(schema_with = uuid_or_null)]
+    #[schema(schema_with = message_id_schema)]
     id: Option<Uuid>,
     #[schema(required = true, value_type = Role)]
     role: Option<String>,
@@ -351,7 +363,7 @@ struct MessageBody {
     translation: Option<String>,
     #[schema(schema_with = free_text_or_null)]
     grammar_suggestion: Option<String>,
-    #[schema(schema_with = uuid_or_null)]
+    #[schema(schema_with = audio_id_schema)]
     audio_id: Option<Uuid>,
     phonemes: Option<Value>,
     feedback: Option<Value>,

@@ -30,7 +30,10 @@ impl Money {
         OneOfBuilder::new()
             .item(text)
             .item(number)
-            .description(Some("A JSON number or a decimal string: at most 6 fractional digits, below 10^14"))
+            .description(Some(
+                "A JSON number or a decimal string: at most 6 fractional digits, below 10^14. A write that would \
+                 take the earnings to 10^14 is refused (422) and changes nothing.",
+            ))
             .build()
             .into()
     }

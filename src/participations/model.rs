@@ -265,6 +265,8 @@ impl CreateBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"count": 10, "cost": "0.25"}))]
 pub struct ImpressionsBody {
+    /// How many (default 1). A count that would take `impressions` past 9223372036854775807 is
+    /// refused (422) and changes nothing.
     #[schema(value_type = Option<i64>, minimum = 1)]
     count: Option<Number>,
     #[schema(schema_with = cost_schema)]
@@ -331,6 +333,8 @@ impl ClickBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({"viewer_count": 120}))]
 pub struct ViewerSampleBody {
+    /// Viewers at this moment. A sample that would take a counter past 9223372036854775807 is
+    /// refused (422) and changes nothing.
     #[schema(value_type = i64, minimum = 0)]
     viewer_count: Option<Number>,
 }
