@@ -223,7 +223,9 @@ macro_rules! route_table {
         ];
 
         fn routes(cfg: &mut web::ServiceConfig) {
-            $(cfg.service(at($path, $path, &[$(stringify!($method)),+])$(.route(method(stringify!($method)).to($handler)))+);)*
+            $(cfg.service(
+                at($path, $path, &[$(stringify!($method)),+])$(.route(method(stringify!($method)).to($handler)))+
+            );)*
             let api = web::scope($scope).wrap(from_fn(auth::require_token));
             $(let api = api.service(
                 at($api, concat!($scope, $api), &[$(stringify!($verb)),+])
