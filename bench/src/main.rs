@@ -5,6 +5,7 @@
 //! same cluster with the same SQL (the ceiling) and the legacy SELECT-then-INSERT pattern, and
 //! writes a table, CSV, JSON and a chart.
 
+mod cpu;
 mod load;
 mod pg;
 mod report;
@@ -258,26 +259,6 @@ fn blank(workload: &str, system: &str, connections: usize) -> Point {
     }
 }
 
-/// Share of the whole machine's CPU time that was busy, from /proc/stat.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total, idle)
-}
-
-fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let total = after.0.saturating_sub(before.0) as f64;
-    let idle = after.1.saturating_sub(before.1) as f64;
-    if total == 0.0 {
-        0.0
-    } else {
-        100.0 * (total - idle) / total
-    }
-}
-
 /// Samples the server's RSS on its own thread, while a point or a soak runs.
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -489,7 +470,7 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
         point: Point,
         build: Option<load::Builder>,
         outcome: load::Outcome,
-        busy: (u64, u64),
+        cpu: cpu::Used,
         rss: f64,
     }
     let mut runs: Vec<Run> = group
@@ -507,25 +488,23 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
                     None
                 }
             };
-            Run { point, build, outcome: Default::default(), busy: (0, 0), rss: 0.0 }
+            Run { point, build, outcome: Default::default(), cpu: Default::default(), rss: 0.0 }
         })
         .collect();
     let slices = if group.len() > 1 { SLICES } else { 1 };
     for _ in 0..slices {
         for run in runs.iter_mut() {
             let Some(build) = run.build.clone() else { continue };
-            let cpu0 = cpu_ticks();
+            let cpu0 = cpu::Sample::now(Some(ctx.server_pid));
             let rss = RssSampler::start(ctx.server_pid, Duration::from_millis(100));
             run.outcome.merge(load::run(ctx.addr, build, connections, ctx.duration / slices));
             run.rss = run.rss.max(max_rss(&rss.finish()));
-            let cpu1 = cpu_ticks();
-            run.busy.0 += cpu1.0.saturating_sub(cpu0.0);
-            run.busy.1 += cpu1.1.saturating_sub(cpu0.1);
+            run.cpu.add(cpu0, cpu::Sample::now(Some(ctx.server_pid)));
         }
     }
     runs.into_iter()
         .map(|run| match run.build {
-            Some(_) => finish_point(ctx, run.point, run.outcome, run.busy, run.rss),
+            Some(_) => finish_point(ctx, run.point, run.outcome, run.cpu, run.rss),
             None => {
                 report::progress(&run.point);
                 run.point
@@ -534,12 +513,13 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
         .collect()
 }
 
-fn finish_point(ctx: &Ctx, mut point: Point, mut outcome: load::Outcome, busy: (u64, u64), rss: f64) -> Point {
+fn finish_point(ctx: &Ctx, mut point: Point, mut outcome: load::Outcome, cpu: cpu::Used, rss: f64) -> Point {
     point.server_rss_mib = rss;
-    point.machine_cpu_pct = busy_pct((0, 0), busy);
+    point.machine_cpu_pct = cpu.machine_pct();
     point.server_peak_rss_mib = server::rss_mib(ctx.server_pid).1;
     let secs = outcome.elapsed.as_secs_f64();
     point.requests = outcome.completed();
+    (point.server_cpu_us, point.postgres_cpu_us) = cpu.per_request_us(point.requests);
     point.ok = outcome.ok;
     point.rps = outcome.completed() as f64 / secs;
     point.errors_4xx = outcome.client_errors;
@@ -568,14 +548,17 @@ fn pgbench_point(ctx: &mut Ctx, workload: &Workload, script: &str, connections: 
     };
     let script_path = ctx.bench_dir.join("pgbench").join(script);
     let log_dir = ctx.out_dir.join("pgbench-log");
-    let cpu0 = cpu_ticks();
+    let cpu0 = cpu::Sample::now(None);
     let result = vars.and_then(|vars| {
         pg::pgbench(&ctx.conninfo, &script_path, connections, ctx.duration.as_secs(), &vars, &log_dir)
     });
-    point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+    let mut cpu = cpu::Used::default();
+    cpu.add(cpu0, cpu::Sample::now(None));
+    point.machine_cpu_pct = cpu.machine_pct();
     match result {
         Ok(r) => {
             point.requests = r.transactions;
+            point.postgres_cpu_us = cpu.per_request_us(r.transactions).1;
             point.ok = r.transactions;
             point.rps = r.tps;
             point.p50_ms = r.p50_ms;
@@ -594,14 +577,17 @@ fn pgbench_point(ctx: &mut Ctx, workload: &Workload, script: &str, connections: 
 
 fn legacy_point(ctx: &Ctx, connections: usize) -> Point {
     let mut point = blank("legacy", "legacy", connections);
-    let cpu0 = cpu_ticks();
+    let cpu0 = cpu::Sample::now(None);
     let prefix = format!("legacy-{}-c{connections}", ctx.run);
     match pg::legacy(&ctx.conninfo, prefix, connections, ctx.duration) {
         Ok(mut r) => {
-            point.machine_cpu_pct = busy_pct(cpu0, cpu_ticks());
+            let mut cpu = cpu::Used::default();
+            cpu.add(cpu0, cpu::Sample::now(None));
+            point.machine_cpu_pct = cpu.machine_pct();
             let secs = r.elapsed.as_secs_f64();
             point.ok = r.ok;
             point.requests = r.ok + r.unique_violations + r.other_errors;
+            point.postgres_cpu_us = cpu.per_request_us(point.requests).1;
             point.rps = point.requests as f64 / secs;
             point.unique_violations = r.unique_violations;
             point.errors_5xx = r.unique_violations + r.other_errors;

@@ -27,6 +27,11 @@ pub struct Point {
     pub client_cpu_pct: f64,
     /// Whole machine busy, % of all cores.
     pub machine_cpu_pct: f64,
+    /// upsertd's CPU time (user + system) per request, in µs (upsertd points only).
+    pub server_cpu_us: f64,
+    /// CPU time of every PostgreSQL process on this machine per request (per transaction for
+    /// pgbench), in µs.
+    pub postgres_cpu_us: f64,
     /// Highest upsertd RSS sampled during the point (upsertd points only).
     pub server_rss_mib: f64,
     /// upsertd's VmHWM after the point.
@@ -84,7 +89,7 @@ pub fn progress(p: &Point) {
         return;
     }
     eprintln!(
-        "bench: {:<18} {:<8} c={:<3} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  4xx {} 5xx {} net {}{}  client CPU {:.0}%  machine {:.0}%{}",
+        "bench: {:<18} {:<8} c={:<3} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  4xx {} 5xx {} net {}{}  client CPU {:.0}%  machine {:.0}%{}{}",
         p.workload,
         p.system,
         p.connections,
@@ -97,6 +102,10 @@ pub fn progress(p: &Point) {
         if p.system == "legacy" { format!(" (23505: {})", p.unique_violations) } else { String::new() },
         p.client_cpu_pct,
         p.machine_cpu_pct,
+        match p.system.as_str() {
+            "upsertd" => format!("  µs/req upsertd {:.0} PG {:.0}", p.server_cpu_us, p.postgres_cpu_us),
+            _ => format!("  PG µs/tx {:.0}", p.postgres_cpu_us),
+        },
         p.first_error.as_deref().map(|e| format!("  first error: {e}")).unwrap_or_default()
     );
 }
@@ -109,7 +118,7 @@ fn ok<'a>(points: &'a [Point], workload: &str, system: &str, connections: usize)
     find(points, workload, system, connections).filter(|p| p.status == "ok")
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 16] = [
     "workload",
     "conns",
     "upsertd req/s",
@@ -118,12 +127,18 @@ const HEADER: [&str; 13] = [
     "errors 4xx/5xx/net",
     "client CPU",
     "RSS MiB",
+    "upsertd µs/req",
+    "PG µs/req",
     "pgbench tps",
     "p50 ms",
     "p99 ms",
     "ratio",
     "pgbench CPU",
+    "PG µs/tx",
 ];
+
+/// The column after which the pgbench half of the table starts.
+const UPSERTD_COLUMNS: usize = 10;
 
 fn rows(points: &[Point]) -> Vec<Vec<String>> {
     let mut keys: Vec<(String, usize)> = Vec::new();
@@ -145,7 +160,11 @@ fn rows(points: &[Point]) -> Vec<Vec<String>> {
                 } else {
                     format!("{}/{}/{}", p.errors_4xx, p.errors_5xx, p.transport_errors)
                 };
-                let rss = if p.system == "upsertd" { format!("{:.1}", p.server_rss_mib) } else { "-".into() };
+                let (rss, own) = if p.system == "upsertd" {
+                    (format!("{:.1}", p.server_rss_mib), format!("{:.0}", p.server_cpu_us))
+                } else {
+                    ("-".into(), "-".into())
+                };
                 row.extend([
                     format!("{:.0}", p.rps),
                     format!("{:.2}", p.p50_ms),
@@ -153,11 +172,14 @@ fn rows(points: &[Point]) -> Vec<Vec<String>> {
                     errors,
                     format!("{:.0}%", p.client_cpu_pct),
                     rss,
+                    own,
+                    format!("{:.0}", p.postgres_cpu_us),
                 ]);
             }
-            Some(p) => row.extend([short(&p.status), "".into(), "".into(), "".into(), "".into(), "".into()]),
-            None => row.extend(["-".into(), "".into(), "".into(), "".into(), "".into(), "".into()]),
+            Some(p) => row.push(short(&p.status)),
+            None => row.push("-".into()),
         }
+        row.resize(UPSERTD_COLUMNS, String::new());
         match pgb {
             Some(q) if q.status == "ok" => {
                 let ratio = match main {
@@ -170,11 +192,13 @@ fn rows(points: &[Point]) -> Vec<Vec<String>> {
                     format!("{:.2}", q.p99_ms),
                     ratio,
                     format!("{:.0}%", q.client_cpu_pct),
+                    format!("{:.0}", q.postgres_cpu_us),
                 ]);
             }
-            Some(q) => row.extend([short(&q.status), "".into(), "".into(), "-".into(), "".into()]),
-            None => row.extend(["-".into(), "".into(), "".into(), "-".into(), "".into()]),
+            Some(q) => row.push(short(&q.status)),
+            None => row.push("-".into()),
         }
+        row.resize(HEADER.len(), String::new());
         rows.push(row);
     }
     rows
@@ -203,7 +227,7 @@ fn text_table(rows: &[Vec<String>]) -> String {
             } else {
                 let _ = write!(out, "{:>w$}  ", cell, w = widths[i]);
             }
-            if i == 7 {
+            if i == UPSERTD_COLUMNS - 1 {
                 out.push_str("| ");
             }
         }
@@ -339,12 +363,12 @@ pub fn write_all(points: &[Point], meta: &Meta, out_dir: &Path) -> anyhow::Resul
     print!("{stdout}");
 
     let mut csv = String::from(
-        "workload,system,connections,status,requests,ok,rps,p50_ms,p99_ms,errors_4xx,errors_5xx,transport_errors,unique_violations,client_cpu_pct,machine_cpu_pct,server_rss_mib,server_peak_rss_mib\n",
+        "workload,system,connections,status,requests,ok,rps,p50_ms,p99_ms,errors_4xx,errors_5xx,transport_errors,unique_violations,client_cpu_pct,machine_cpu_pct,server_rss_mib,server_peak_rss_mib,server_cpu_us,postgres_cpu_us\n",
     );
     for p in points {
         let _ = writeln!(
             csv,
-            "{},{},{},\"{}\",{},{},{:.1},{:.3},{:.3},{},{},{},{},{:.1},{:.1},{:.1},{:.1}",
+            "{},{},{},\"{}\",{},{},{:.1},{:.3},{:.3},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1}",
             p.workload,
             p.system,
             p.connections,
@@ -361,7 +385,9 @@ pub fn write_all(points: &[Point], meta: &Meta, out_dir: &Path) -> anyhow::Resul
             p.client_cpu_pct,
             p.machine_cpu_pct,
             p.server_rss_mib,
-            p.server_peak_rss_mib
+            p.server_peak_rss_mib,
+            p.server_cpu_us,
+            p.postgres_cpu_us
         );
     }
     std::fs::write(out_dir.join("results.csv"), csv)?;

@@ -25,7 +25,8 @@ impl FromRequest for Writer {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let layer = req.app_data::<web::Data<Layer>>().expect("the idempotency layer is registered");
-        ready(Ok(Self { pool: layer.pool.clone(), claim: req.extensions().get::<Claim>().cloned() }))
+        // Taken, not cloned: one Writer per request, and the guard keeps its own copy.
+        ready(Ok(Self { pool: layer.pool.clone(), claim: req.extensions_mut().remove::<Claim>() }))
     }
 }
 
@@ -57,9 +58,14 @@ impl DerefMut for WriteConn {
 }
 
 impl Writer {
+    /// The claimed key, if any.
+    pub fn claim(&self) -> Option<&Claim> {
+        self.claim.as_ref()
+    }
+
     /// The claimed key, for writes that store their answer themselves (coalesced counters).
-    pub fn claim(&self) -> Option<Claim> {
-        self.claim.clone()
+    pub fn into_claim(self) -> Option<Claim> {
+        self.claim
     }
 
     pub async fn begin(&self) -> ApiResult<WriteConn> {

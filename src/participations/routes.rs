@@ -77,7 +77,7 @@ async fn record(
     path: ParticipationPath,
     delta: ApiResult<Delta>,
 ) -> ApiResult<HttpResponse> {
-    let reply = counters.apply(path.0 .0, delta?, writer.claim()).await?;
+    let reply = counters.apply(path.0 .0, delta?, writer.into_claim()).await?;
     Ok(reply.into_response())
 }
 
