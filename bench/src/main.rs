@@ -340,7 +340,9 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
                     format!("/api/participations/{id}/clicks"),
                     r#"{"type":"chat"}"#.into(),
                     // A random UUID, as the README tells clients to send: it lands anywhere in
-                    // the key index, where a counter-like key would append at one spot.
+                    // the key index, where a counter-like key would append at one spot. Drawn
+                    // from uuid's thread-local generator (`fast-rng`), not a getrandom syscall
+                    // each: the load generator shares the machine, and its cost is not upsertd's.
                     keyed.then(|| uuid::Uuid::new_v4().to_string()),
                 )
             })
