@@ -419,7 +419,8 @@ pub fn write_all(points: &[Point], meta: &Meta, out_dir: &Path) -> anyhow::Resul
          (`-M prepared -j 1`); ratio = upsertd req/s / pgbench tps. Errors are 4xx/5xx/transport; \
          for `legacy`, SQLSTATE 23505 (unique violation) failures. Client CPU is the load \
          generator's (or pgbench's) CPU time as % of one core. RSS is upsertd's own (not PostgreSQL's), \
-         highest sample during the point.\n"
+         highest sample during the point. µs/req (µs/tx for pgbench): CPU time per request of \
+         upsertd's process and of every PostgreSQL process on the machine, from /proc.\n"
     );
     if chart {
         let _ = writeln!(md, "![throughput vs connections](chart.png)\n");
