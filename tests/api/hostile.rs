@@ -53,6 +53,8 @@ async fn without_a_token_nothing_is_claimed_or_stored() {
     }
     let unknown = raw(&app, "GET", "/api/nothing-here", &[], b"").await;
     assert_eq!(unknown.status, 401, "routes under /api are not listed to clients without a token");
+    let overlay = raw(&app, "GET", "/api/overlay/x/nothing-here", &[], b"").await;
+    assert_eq!(overlay.status, 404, "the overlay's prefix is public, its unknown paths too (README)");
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0);
 }
 
