@@ -15,7 +15,7 @@ use crate::ops::{health, metrics};
 use crate::participations::batcher as participations_batcher;
 use crate::participations::routes as participations;
 use crate::settings::Settings;
-use crate::state::{Counters, Db, PublicBaseUrl, Uploads, Upserts, WorkerPools};
+use crate::state::{ChatLookups, Counters, Db, PublicBaseUrl, Uploads, Upserts, WorkerPools};
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -59,6 +59,7 @@ impl Application {
         // worker they came through.
         let counters = participations_batcher::Batcher::default();
         let upserts = conversations_batcher::Batcher::default();
+        let chat_lookups = crate::chats::lookups::Lookups::default();
         let claims = Claims::default();
         // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
         let max_connections = pool.options().get_max_connections().max(1);
@@ -93,6 +94,7 @@ impl Application {
             });
             let counters = Counters { batcher: counters.clone(), pool: pool.clone(), idempotency };
             let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone() };
+            let chat_lookups = ChatLookups { lookups: chat_lookups.clone(), pool: pool.clone() };
             let local_only = local_only.clone();
             // Innermost first. CORS sits outside the problem rewriting, so that the headers it
             // adds stay on problem documents, and outside everything that could refuse a
@@ -107,6 +109,7 @@ impl Application {
                 .app_data(web::Data::new(Db { pool }))
                 .app_data(web::Data::new(counters))
                 .app_data(web::Data::new(upserts))
+                .app_data(web::Data::new(chat_lookups))
                 .app_data(uploads.clone())
                 .app_data(public_base_url.clone())
                 .app_data(keys)

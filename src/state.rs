@@ -2,9 +2,11 @@
 //! it uses. It stands below the routes: it imports the stores' coalescers and configuration,
 //! never a route or the startup that registers these.
 
+use crate::chats::store::Chat;
 use crate::conversations::audio::AudioStore;
 use crate::conversations::model::{AnalysisUpsert, Conversation};
 use crate::conversations::stt::Stt;
+use crate::domain::ParticipantsKey;
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{Claim, IdempotencyConfig};
 use crate::participations::model::Delta;
@@ -39,6 +41,19 @@ pub struct Counters {
 impl Counters {
     pub async fn apply(&self, id: Uuid, delta: Delta, claim: Option<Claim>) -> ApiResult<Reply> {
         self.batcher.apply(&self.pool, self.idempotency, id, delta, claim).await
+    }
+}
+
+/// The reads of chat create-or-get: the coalescer, shared by the workers, and the worker's pool.
+#[derive(Clone)]
+pub struct ChatLookups {
+    pub lookups: crate::chats::lookups::Lookups,
+    pub pool: PgPool,
+}
+
+impl ChatLookups {
+    pub async fn find(&self, key: &ParticipantsKey) -> ApiResult<Option<Chat>> {
+        self.lookups.find(&self.pool, key).await
     }
 }
 

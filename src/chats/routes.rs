@@ -6,8 +6,8 @@ use crate::error::{ApiError, ApiResult, FieldError, JsonWrite, Listing, Lookup};
 use crate::extract::{uuid_path_id, InPath, JsonBody};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
-use crate::reply::Reply;
-use crate::state::Db;
+use crate::reply::{Outcome, Reply};
+use crate::state::{ChatLookups, Db};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -57,11 +57,19 @@ impl CreateChatBody {
         JsonWrite
     )
 )]
-pub async fn create(writer: Writer, body: JsonBody<CreateChatBody>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    writer: Writer,
+    lookups: web::Data<ChatLookups>,
+    body: JsonBody<CreateChatBody>,
+) -> ApiResult<HttpResponse> {
     let key = body.0.validate()?;
+    let reply = |(chat, outcome): (Chat, Outcome)| Reply::written("chat", outcome, &chat, || chat.location());
+    if let Some(chat) = lookups.find(&key).await? {
+        return writer.answer(reply((chat, Outcome::Unchanged))).await;
+    }
     let mut conn = writer.begin().await?;
-    let result = store::create_or_get(&mut conn, &key).await;
-    writer.finish(conn, result.map(|(chat, outcome)| Reply::written("chat", outcome, &chat, || chat.location()))).await
+    let result = store::insert_or_find(&mut conn, &key).await;
+    writer.finish(conn, result.map(reply)).await
 }
 
 #[utoipa::path(

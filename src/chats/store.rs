@@ -24,19 +24,36 @@ impl Chat {
     }
 }
 
-/// Create-or-get, read first.
+/// The chats of these keys, in no particular order: the read of create-or-get, for many
+/// callers at once (`chats::lookups`).
 ///
-/// Most calls ask for a chat that already exists. Measured with pgbench on this machine,
-/// `INSERT ... ON CONFLICT DO UPDATE SET <no-op> RETURNING` writes a new row version and
-/// flushes WAL on every call (~23k TPS at 64 clients), while a plain read of the unique index
-/// does 1.8-4x that. So: one `SELECT` (the common path, no write, no lock); when it finds
-/// nothing, `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which never raises a unique
-/// violation; when that returns nothing too, a concurrent caller inserted the chat between our
-/// two statements and committed (DO NOTHING waits for it), so a second `SELECT` sees it.
-pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> StoreResult<(Chat, Outcome)> {
-    if let Some(chat) = find_by_key(conn, key).await? {
-        return Ok((chat, Outcome::Unchanged));
+/// Most create-or-get calls ask for a chat that already exists. Measured with pgbench on this
+/// machine, `INSERT ... ON CONFLICT DO UPDATE SET <no-op> RETURNING` writes a new row version
+/// and flushes WAL on every call (~23k TPS at 64 clients), while a plain read of the unique
+/// index does 1.8-4x that. So a read comes first (the common path, no write, no lock), and
+/// [`insert_or_find`] only when it found nothing.
+///
+/// One key takes the one-key statement: PostgreSQL plans `= ANY($1)` again on every call (its
+/// custom plan looks cheaper than the generic one), 32 µs each measured, where `= $1` keeps
+/// its generic plan; a batch of one should cost no more than a read of its own.
+pub async fn find_many(conn: &mut PgConnection, keys: &[&str]) -> StoreResult<Vec<Chat>> {
+    if let [key] = keys {
+        return Ok(find_by_key(conn, key).await?.into_iter().collect());
     }
+    Ok(sqlx::query_as!(
+        Chat,
+        "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = ANY($1)",
+        keys as &[&str]
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The write of create-or-get, after a read found no chat: `INSERT ... ON CONFLICT DO NOTHING
+/// RETURNING`, which never raises a unique violation; when that returns nothing, a concurrent
+/// caller inserted the chat since the read and committed (DO NOTHING waits for it), so a
+/// second `SELECT` sees it.
+pub async fn insert_or_find(conn: &mut PgConnection, key: &ParticipantsKey) -> StoreResult<(Chat, Outcome)> {
     let inserted = sqlx::query_as!(
         Chat,
         "INSERT INTO chats (id, participants, participants_key) VALUES ($1, $2, $3)
@@ -51,15 +68,15 @@ pub async fn create_or_get(conn: &mut PgConnection, key: &ParticipantsKey) -> St
     .map_err(rejects(&[("chats_has_2_to_32_participants", "participants")]))?;
     match inserted {
         Some(chat) => Ok((chat, Outcome::Inserted)),
-        None => Ok((find_by_key(conn, key).await?.ok_or_else(|| vanished("chat"))?, Outcome::Unchanged)),
+        None => Ok((find_by_key(conn, key.as_str()).await?.ok_or_else(|| vanished("chat"))?, Outcome::Unchanged)),
     }
 }
 
-async fn find_by_key(conn: &mut PgConnection, key: &ParticipantsKey) -> StoreResult<Option<Chat>> {
+async fn find_by_key(conn: &mut PgConnection, key: &str) -> StoreResult<Option<Chat>> {
     Ok(sqlx::query_as!(
         Chat,
         "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = $1",
-        key.as_str()
+        key
     )
     .fetch_optional(conn)
     .await?)

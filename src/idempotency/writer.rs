@@ -75,6 +75,15 @@ impl Writer {
         })
     }
 
+    /// An answer found without writing (a create-or-get that found its row): with a claimed
+    /// key, stored in a transaction of its own; without one, no connection is taken.
+    pub async fn answer(&self, reply: Reply) -> ApiResult<HttpResponse> {
+        match self.claim {
+            Some(_) => self.finish(self.begin().await?, Ok::<_, ApiError>(reply)).await,
+            None => Ok(reply.into_response()),
+        }
+    }
+
     /// On success with a claimed key: store the response in the transaction, then commit.
     /// On an error the transaction rolls back (dropped) and the guard decides what to keep.
     pub async fn finish(&self, conn: WriteConn, result: Result<Reply, impl Into<ApiError>>) -> ApiResult<HttpResponse> {
