@@ -555,7 +555,7 @@ fn pgbench_point(ctx: &mut Ctx, workload: &Workload, script: &str, connections: 
         pg::pgbench(&ctx.conninfo, &script_path, connections, ctx.duration.as_secs(), &vars, &log_dir)
     });
     let mut cpu = cpu::Used::default();
-    cpu.add(cpu0, cpu::Sample::now(None));
+    cpu.add(cpu0, cpu::Sample::after_clients_left());
     point.machine_cpu_pct = cpu.machine_pct();
     match result {
         Ok(r) => {
@@ -584,7 +584,7 @@ fn legacy_point(ctx: &Ctx, connections: usize) -> Point {
     match pg::legacy(&ctx.conninfo, prefix, connections, ctx.duration) {
         Ok(mut r) => {
             let mut cpu = cpu::Used::default();
-            cpu.add(cpu0, cpu::Sample::now(None));
+            cpu.add(cpu0, cpu::Sample::after_clients_left());
             point.machine_cpu_pct = cpu.machine_pct();
             let secs = r.elapsed.as_secs_f64();
             point.ok = r.ok;
