@@ -11,7 +11,7 @@ pub use idempotency_key::IdempotencyKey;
 pub use money::Money;
 pub use participants::{ParticipantId, ParticipantsKey};
 pub use session_id::SessionId;
-pub use text::{check_json_storable, optional_text, or_null, text_schema, Patch, NO_NUL};
+pub use text::{check_json_storable, optional_header, optional_text, or_null, text_schema, Patch, NO_NUL};
 pub use token::BrowserSourceToken;
 
 /// The patterns the OpenAPI document states are the parsers' rules: on strings drawn from the

@@ -1,6 +1,6 @@
 //! The conversation resources as API.md §3 spells them, and the requests that write them.
 
-use crate::domain::{check_json_storable, optional_text, or_null, text_schema, Patch, SessionId};
+use crate::domain::{check_json_storable, optional_header, optional_text, or_null, text_schema, Patch, SessionId};
 use crate::error::{ApiError, FieldError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -266,19 +266,16 @@ impl utoipa::IntoParams for IfMatchHeader {
     fn into_params(
         _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
     ) -> Vec<utoipa::openapi::path::Parameter> {
-        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         let schema = ObjectBuilder::new()
             .schema_type(Type::String)
             .pattern(Some(r#"^(\*|(W/)?"[0-9]{1,18}"|[0-9]{1,18})$"#))
             .examples(["\"1\""]);
-        let header = ParameterBuilder::new()
-            .name("If-Match")
-            .parameter_in(ParameterIn::Header)
-            .required(utoipa::openapi::Required::False)
-            .description(Some("Update only at this version: a conversation's ETag (\"3\"), or * for any"))
-            .schema(Some(schema));
-        vec![header.build()]
+        optional_header(
+            "If-Match",
+            "Update only at this version: a conversation's ETag (\"3\"), or * for any",
+            schema.build(),
+        )
     }
 }
 

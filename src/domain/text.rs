@@ -83,6 +83,23 @@ pub fn or_null(mut schema: utoipa::openapi::schema::Object) -> utoipa::openapi::
     schema
 }
 
+/// An optional request header as the OpenAPI document lists it: `schema` is a string's, stating
+/// what the header's parser accepts (`If-Match`, `Idempotency-Key`).
+pub fn optional_header(
+    name: &str,
+    description: &str,
+    schema: utoipa::openapi::schema::Object,
+) -> Vec<utoipa::openapi::path::Parameter> {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    let header = ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(description))
+        .schema(Some(schema));
+    vec![header.build()]
+}
+
 /// Any text without NUL, which PostgreSQL's `text` cannot hold.
 pub const NO_NUL: &str = "^[^\\x00]*$";
 

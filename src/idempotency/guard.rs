@@ -9,7 +9,7 @@
 use super::claim::Claim;
 use super::layer::Layer;
 use super::store::{self, Claimed, StoredResponse};
-use crate::domain::IdempotencyKey;
+use crate::domain::{optional_header, IdempotencyKey};
 use crate::error::{ApiError, ApiResult, Transient};
 use crate::extract::JsonConfig;
 use crate::extract::{multipart_boundary, read_limited};
@@ -43,7 +43,6 @@ impl utoipa::IntoParams for KeyHeader {
     fn into_params(
         _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
     ) -> Vec<utoipa::openapi::path::Parameter> {
-        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         let schema = ObjectBuilder::new()
             .schema_type(Type::String)
@@ -51,13 +50,11 @@ impl utoipa::IntoParams for KeyHeader {
             .max_length(Some(IdempotencyKey::MAX_LEN))
             .pattern(Some("^[\\x21-\\x7E]+$"))
             .examples(["7c1e3a9e-5f0b-4c2d-9a51-0e6f2b8d4c11"]);
-        let header = ParameterBuilder::new()
-            .name("Idempotency-Key")
-            .parameter_in(ParameterIn::Header)
-            .required(utoipa::openapi::Required::False)
-            .description(Some("Makes a retried request take effect once (API.md §2): 1-255 visible ASCII characters"))
-            .schema(Some(schema));
-        vec![header.build()]
+        optional_header(
+            "Idempotency-Key",
+            "Makes a retried request take effect once (API.md §2): 1-255 visible ASCII characters",
+            schema.build(),
+        )
     }
 }
 
