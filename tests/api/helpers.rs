@@ -18,7 +18,72 @@ const TEST_DB_PREFIX: &str = "upsertd_test_";
 /// The PostgreSQL server all tests of this process share; each test gets its own database.
 struct TestServer {
     admin: PgConnectOptions,
+    /// `DATABASE_URL` named a Citus coordinator whose `postgres` database has its workers
+    /// registered (README, "Scaling out"): each test database is then created on every node and
+    /// migrated on its own, since a template cannot copy the workers' shards.
+    citus: Option<Citus>,
     _cluster: std::sync::Mutex<Option<Cluster>>,
+}
+
+/// Where a Citus coordinator and its workers listen, as its `pg_dist_node` says.
+struct Citus {
+    coordinator: (String, i32),
+    workers: Vec<(String, i32)>,
+}
+
+impl Citus {
+    /// The nodes registered in the database `conn` is connected to, if it runs Citus.
+    async fn registered(conn: &mut PgConnection) -> Option<Self> {
+        let citus: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        if !citus {
+            return None;
+        }
+        let nodes: Vec<(i32, String, i32)> = sqlx::query_as(
+            "SELECT groupid, nodename, nodeport FROM pg_dist_node WHERE noderole = 'primary' ORDER BY groupid",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let coordinator = nodes.iter().find(|(group, ..)| *group == 0).expect("the coordinator is registered");
+        let workers = nodes.iter().filter(|(group, ..)| *group != 0).map(|(_, h, p)| (h.clone(), *p)).collect();
+        Some(Self { coordinator: (coordinator.1.clone(), coordinator.2), workers })
+    }
+
+    /// Sets up database `name`, just created on every node, as a Citus database: the extension
+    /// on each node, then the coordinator and the workers registered in it.
+    async fn prepare(&self, admin: &PgConnectOptions, name: &str) {
+        for (host, port) in &self.workers {
+            let options = admin.clone().host(host).port(*port as u16).database(name);
+            let mut worker = PgConnection::connect_with(&options).await.expect("connect to a Citus worker");
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS citus").execute(&mut worker).await.unwrap();
+            worker.close().await.unwrap();
+        }
+        let mut conn = PgConnection::connect_with(&admin.clone().database(name)).await.unwrap();
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS citus").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
+            .bind(&self.coordinator.0)
+            .bind(self.coordinator.1)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        for (host, port) in &self.workers {
+            sqlx::query("SELECT citus_add_node($1, $2)").bind(host).bind(port).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+}
+
+/// A connection to the server's `postgres` database that creates and drops databases on every
+/// node of a Citus cluster too.
+async fn admin_connection(admin: &PgConnectOptions, citus: bool) -> PgConnection {
+    let mut conn = PgConnection::connect_with(admin).await.expect("connect to the test server");
+    if citus {
+        sqlx::query("SET citus.enable_create_database_propagation = on").execute(&mut conn).await.unwrap();
+    }
+    conn
 }
 
 static SERVER: OnceLock<TestServer> = OnceLock::new();
@@ -55,6 +120,9 @@ impl TestServer {
             }
         };
         let mut conn = PgConnection::connect_with(&admin).await.expect("connect to the test server");
+        let citus = Citus::registered(&mut conn).await;
+        conn.close().await.unwrap();
+        let mut conn = admin_connection(&admin, citus.is_some()).await;
         let leftovers: Vec<String> =
             sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'upsertd\\_test\\_%'")
                 .fetch_all(&mut conn)
@@ -63,12 +131,29 @@ impl TestServer {
         for name in leftovers {
             sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await.unwrap();
         }
-        sqlx::query(&format!("CREATE DATABASE {TEMPLATE}")).execute(&mut conn).await.unwrap();
-        let mut template = PgConnection::connect_with(&admin.clone().database(TEMPLATE)).await.unwrap();
-        upsertd::db::MIGRATOR.run(&mut template).await.expect("migrations apply to a fresh database");
-        template.close().await.unwrap();
         conn.close().await.unwrap();
-        Self { admin, _cluster: std::sync::Mutex::new(cluster) }
+        let server = Self { admin, citus, _cluster: std::sync::Mutex::new(cluster) };
+        if server.citus.is_none() {
+            server.create_database(TEMPLATE).await;
+        }
+        server
+    }
+
+    /// A migrated database: a copy of the template, or on Citus made and migrated afresh.
+    async fn create_database(&self, name: &str) {
+        let mut conn = admin_connection(&self.admin, self.citus.is_some()).await;
+        let template =
+            if name == TEMPLATE || self.citus.is_some() { String::new() } else { format!(" TEMPLATE {TEMPLATE}") };
+        sqlx::query(&format!("CREATE DATABASE {name}{template}")).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        if template.is_empty() {
+            if let Some(citus) = &self.citus {
+                citus.prepare(&self.admin, name).await;
+            }
+            let mut fresh = PgConnection::connect_with(&self.admin.clone().database(name)).await.unwrap();
+            upsertd::db::MIGRATOR.run(&mut fresh).await.expect("migrations apply to a fresh database");
+            fresh.close().await.unwrap();
+        }
     }
 }
 
@@ -106,9 +191,7 @@ impl TestApp {
         }
         let server = server();
         let db_name = format!("{TEST_DB_PREFIX}{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&server.admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {db_name} TEMPLATE {TEMPLATE}")).execute(&mut admin).await.unwrap();
-        admin.close().await.unwrap();
+        server.create_database(&db_name).await;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .connect_with(server.admin.clone().database(&db_name))
@@ -276,6 +359,10 @@ impl Drop for TestApp {
                 let audited =
                     if audit { final_audit(&admin.clone().database(&db_name), &data_dir).await } else { Ok(()) };
                 if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    if server().citus.is_some() {
+                        let _ =
+                            sqlx::query("SET citus.enable_create_database_propagation = on").execute(&mut conn).await;
+                    }
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
                         .execute(&mut conn)
                         .await;
