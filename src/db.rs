@@ -102,16 +102,51 @@ pub type Guards = &'static [(&'static str, &'static str)];
 pub fn rejects(guards: Guards) -> impl Fn(sqlx::Error) -> StoreError {
     move |error| {
         let field = match &error {
-            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23503" | "23514" | "22001")) => {
-                db.constraint().and_then(|name| guards.iter().find(|(constraint, _)| *constraint == name))
-            }
+            sqlx::Error::Database(db) => refused_field(guards, db.code().as_deref(), db.constraint(), db.message()),
             _ => None,
         };
         match field {
-            Some((_, field)) => StoreError::Refused { field },
+            Some(field) => StoreError::Refused { field },
             None => error.into(),
         }
     }
+}
+
+/// The field a refusal (SQLSTATE `code`) concerns, by the constraint it names. A refusal that
+/// names none of `guards`, or no constraint at all (a Citus coordinator may re-raise a worker's
+/// error without it, README "Scaling out"), concerns the statement's only field, or else the
+/// request as a whole (`body`): a value was refused either way, never a server fault.
+fn refused_field(guards: Guards, code: Option<&str>, constraint: Option<&str>, message: &str) -> Option<&'static str> {
+    if !matches!(code, Some("23503" | "23514" | "22001")) || guards.is_empty() {
+        return None;
+    }
+    let named = constraint.or_else(|| constraint_in(message));
+    let guard = named.and_then(|named| guards.iter().find(|(constraint, _)| is_constraint(named, constraint)));
+    Some(match (guard, guards) {
+        (Some((_, field)), _) => field,
+        (None, [(_, only)]) => only,
+        (None, _) => "body",
+    })
+}
+
+/// The constraint a database error names: its constraint field or, when a Citus coordinator
+/// dropped that field, its message. Compare it with [`is_constraint`].
+pub fn named_constraint(error: &dyn sqlx::error::DatabaseError) -> Option<&str> {
+    error.constraint().or_else(|| constraint_in(error.message()))
+}
+
+/// The constraint a PostgreSQL message names (`... violates check constraint "name"`).
+fn constraint_in(message: &str) -> Option<&str> {
+    let start = message.find("constraint \"")? + "constraint \"".len();
+    message[start..].split('"').next()
+}
+
+/// `named` is `constraint`, or its copy on a Citus shard (`<constraint>_<shard id>`).
+pub fn is_constraint(named: &str, constraint: &str) -> bool {
+    named.strip_prefix(constraint).is_some_and(|rest| {
+        rest.is_empty()
+            || rest.strip_prefix('_').is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// What a store says when a row that cannot be missing is: one a statement of this request
@@ -211,5 +246,42 @@ fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUARDS: Guards = &[("t_clicks_not_negative", "clicks"), ("t_earnings_not_negative", "earnings")];
+
+    #[test]
+    fn a_refusal_is_known_by_its_constraint_on_a_shard_or_in_its_message_alone() {
+        let check = Some("23514");
+        let field = |constraint, message| refused_field(GUARDS, check, constraint, message);
+        assert_eq!(field(Some("t_earnings_not_negative"), ""), Some("earnings"));
+        // Citus: a worker's constraint carries its shard's id...
+        assert_eq!(field(Some("t_earnings_not_negative_102008"), ""), Some("earnings"));
+        // ...or the coordinator passes the message on without the constraint field.
+        let message = r#"new row for relation "t_102008" violates check constraint "t_earnings_not_negative_102008""#;
+        assert_eq!(field(None, message), Some("earnings"));
+        // Not a shard suffix: another constraint.
+        assert_eq!(field(Some("t_earnings_not_negative_x1"), ""), Some("body"));
+        // Named nowhere: still a refused value, never a server fault.
+        assert_eq!(field(None, "violates a constraint"), Some("body"));
+        assert_eq!(refused_field(&GUARDS[..1], check, None, ""), Some("clicks"));
+        // Not a refusal, or a statement that guards nothing: as any database error.
+        assert_eq!(refused_field(GUARDS, Some("23505"), Some("t_clicks_not_negative"), ""), None);
+        assert_eq!(refused_field(&[], check, Some("t_clicks_not_negative"), ""), None);
+    }
+
+    #[test]
+    fn a_held_key_is_known_on_a_shard_too() {
+        assert!(is_constraint("idempotency_keys_pkey", "idempotency_keys_pkey"));
+        assert!(is_constraint("idempotency_keys_pkey_102193", "idempotency_keys_pkey"));
+        assert!(!is_constraint("idempotency_keys_pkey_", "idempotency_keys_pkey"));
+        assert!(!is_constraint("idempotency_keys_pkey2", "idempotency_keys_pkey"));
+        let message = r#"duplicate key value violates unique constraint "idempotency_keys_pkey_102193""#;
+        assert_eq!(constraint_in(message), Some("idempotency_keys_pkey_102193"));
     }
 }

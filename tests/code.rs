@@ -181,3 +181,94 @@ fn every_offline_query_file_belongs_to_a_query_in_src() {
     }
     assert!(stale.is_empty(), "stale files in .sqlx/ (regenerate: README, Two commands): {stale:?}");
 }
+
+/// The string literals of `src/` that hold SQL statements, with the file each is in.
+fn statements() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for (module, source) in modules() {
+        let mut rest = source.as_str();
+        while let Some(start) = rest.find('"') {
+            if rest[..start].ends_with('\'') && rest[start + 1..].starts_with('\'') {
+                // The character '"'.
+                rest = &rest[start + 2..];
+                continue;
+            }
+            let raw = rest[..start].ends_with("r#");
+            let body = &rest[start + 1..];
+            let end = if raw {
+                body.find("\"#").unwrap()
+            } else {
+                let mut escaped = false;
+                body.char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '"' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map(|(i, _)| i)
+                    .unwrap()
+            };
+            let literal = &body[..end];
+            let upper = literal.to_uppercase();
+            if ["SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM"].iter().any(|k| upper.contains(k)) {
+                found.push((module.clone(), upper.split_whitespace().collect::<Vec<_>>().join(" ")));
+            }
+            rest = &body[end + 1..];
+        }
+    }
+    found
+}
+
+/// Citus (README, "Scaling out") refuses these forms on distributed tables: a function that is
+/// not IMMUTABLE in `ON CONFLICT ... DO UPDATE` (its `SET` and its `WHERE`), `ctid`, and
+/// `FOR UPDATE` over more than one row (`SKIP LOCKED`, `LIMIT`, a list of keys).
+#[test]
+fn no_statement_uses_sql_that_citus_refuses() {
+    const NOT_IMMUTABLE: &[&str] = &[
+        "NOW()",
+        "CLOCK_TIMESTAMP",
+        "STATEMENT_TIMESTAMP",
+        "TRANSACTION_TIMESTAMP",
+        "CURRENT_TIMESTAMP",
+        "RANDOM()",
+        "GEN_RANDOM_UUID",
+        "NEXTVAL",
+    ];
+    let statements = statements();
+    assert!(statements.len() > 40, "the statements are found: {}", statements.len());
+    let mut refused = Vec::new();
+    for (module, sql) in &statements {
+        if let Some(at) = sql.find("DO UPDATE") {
+            // To its RETURNING, or to the parenthesis that closes the CTE it is in.
+            let mut depth = 0;
+            let end = sql[at..]
+                .char_indices()
+                .find(|&(i, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth < 0 || sql[at + i..].starts_with(" RETURNING ")
+                })
+                .map_or(sql.len(), |(i, _)| at + i);
+            let clause = &sql[at..end];
+            refused.extend(
+                NOT_IMMUTABLE.iter().filter(|f| clause.contains(*f)).map(|f| format!("{module}: {f} in DO UPDATE")),
+            );
+        }
+        if sql.contains("CTID") {
+            refused.push(format!("{module}: ctid"));
+        }
+        for (at, _) in sql.match_indices("FOR UPDATE") {
+            let select = &sql[sql[..at].rfind("SELECT ").unwrap()..at];
+            if ["SKIP LOCKED", " LIMIT ", " ANY", " IN "].iter().any(|many| select.contains(many))
+                || sql[at..].starts_with("FOR UPDATE SKIP LOCKED")
+                || !select.contains(" WHERE ")
+            {
+                refused.push(format!("{module}: FOR UPDATE of many rows: {select}"));
+            }
+        }
+    }
+    assert!(refused.is_empty(), "statements Citus refuses:\n{}", refused.join("\n"));
+}

@@ -104,7 +104,7 @@ pub async fn upsert_many(
                analysis   = CASE WHEN $9  THEN EXCLUDED.analysis   ELSE c.analysis   END,
                audio_id   = CASE WHEN $11 THEN EXCLUDED.audio_id   ELSE c.audio_id   END,
                version    = c.version + 1,
-               updated_at = now()
+               updated_at = EXCLUDED.updated_at
            WHERE ($3  AND c.user_id    IS DISTINCT FROM EXCLUDED.user_id)
               OR ($5  AND c.language   IS DISTINCT FROM EXCLUDED.language)
               OR ($7  AND c.transcript IS DISTINCT FROM EXCLUDED.transcript)

@@ -91,8 +91,10 @@ pub async fn claim_many(
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
                response_status = EXCLUDED.response_status, response_headers = EXCLUDED.response_headers,
-               response_body = EXCLUDED.response_body, completed_at = EXCLUDED.completed_at, created_at = now()
-           WHERE k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now())
+               response_body = EXCLUDED.response_body, completed_at = EXCLUDED.completed_at,
+               created_at = EXCLUDED.created_at
+           WHERE k.expires_at < EXCLUDED.created_at
+              OR (k.response_status IS NULL AND k.locked_until < EXCLUDED.created_at)
            RETURNING claim_id"#,
         &columns.scope as &[&str],
         &columns.key as &[&str],
@@ -250,34 +252,61 @@ pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
 }
 
 /// Deletes expired records, and the counter answer rows that expired with them, a batch at a
-/// time: each batch is a short statement, so the purge never holds many locks or blocks the
-/// claims of live keys for long. Returns the number of records deleted.
+/// time: each batch is a short statement, so the purge never holds many locks. Returns the
+/// number of records deleted.
+///
+/// It picks rows by their key, not by `ctid` with `FOR UPDATE SKIP LOCKED`, which a distributed
+/// table refuses (README, "Scaling out"), so it may wait for a row that a claim is reviving.
+/// It waits at most [`PURGE_LOCK_TIMEOUT`]: then it gives the round up, well before a deadlock
+/// check would choose a victim, so a purge never makes a write fail. The `DELETE` rechecks
+/// expiry on the row it waited for, so a key revived meanwhile stays.
 pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
     const BATCH: i64 = 1000;
     let mut total = 0;
     loop {
+        let mut tx = crate::db::begin(pool).await?;
+        // `citus.propagate_set_commands` makes a Citus coordinator pass the timeout on to its
+        // workers; plain PostgreSQL keeps it as an unused placeholder.
+        sqlx::raw_sql(PURGE_LOCK_TIMEOUT).execute(&mut *tx).await?;
         let deleted = sqlx::query!(
             r#"WITH records AS (
-                   DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
-                       SELECT ctid FROM idempotency_keys
-                       WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
-                       LIMIT $1 FOR UPDATE SKIP LOCKED))
+                   DELETE FROM idempotency_keys k
+                   USING (SELECT key, path, method, scope FROM idempotency_keys
+                          WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
+                          LIMIT $1) expired
+                   WHERE k.key = expired.key AND k.path = expired.path AND k.method = expired.method
+                     AND k.scope = expired.scope
+                     AND k.expires_at < now() AND (k.response_status IS NOT NULL OR k.locked_until < now())
                    RETURNING 1
                ), answer_rows AS (
-                   DELETE FROM idempotency_answer_rows WHERE ctid = ANY (ARRAY(
-                       SELECT ctid FROM idempotency_answer_rows WHERE expires_at < now()
-                       LIMIT $1 FOR UPDATE SKIP LOCKED))
+                   DELETE FROM idempotency_answer_rows a
+                   USING (SELECT id FROM idempotency_answer_rows WHERE expires_at < now() LIMIT $1) expired
+                   WHERE a.id = expired.id
                    RETURNING 1
                )
                SELECT (SELECT count(*) FROM records) AS "records!",
                       (SELECT count(*) FROM answer_rows) AS "answer_rows!""#,
             BATCH
         )
-        .fetch_one(pool)
-        .await?;
+        .fetch_one(&mut *tx)
+        .await;
+        let deleted = match deleted {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                tracing::debug!("the purge waited for a row in use; it goes on next round");
+                return Ok(total);
+            }
+            deleted => deleted?,
+        };
+        tx.commit().await?;
         total += deleted.records as u64;
         if deleted.records < BATCH && deleted.answer_rows < BATCH {
             return Ok(total);
         }
     }
 }
+
+/// How long a purge waits for a row lock (see [`purge_expired`]).
+const PURGE_LOCK_TIMEOUT: &str = "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL lock_timeout = '100ms'";
+
+/// SQLSTATE 55P03: `lock_timeout` passed.
+const LOCK_NOT_AVAILABLE: &str = "55P03";

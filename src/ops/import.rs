@@ -250,6 +250,12 @@ fn participant_id(field: &str, raw: &str) -> Result<ParticipantId, String> {
     ParticipantId::parse(field, raw).map_err(|error| refused(error, raw))
 }
 
+/// The transaction's `now()`, for an `ON CONFLICT DO UPDATE SET` to stamp: Citus refuses a
+/// function that is not IMMUTABLE there (README, "Scaling out"), a bound value it takes.
+async fn transaction_time(tx: &mut PgConnection) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    Ok(sqlx::query_scalar!(r#"SELECT now() AS "now!""#).fetch_one(tx).await?)
+}
+
 /// Remembers which row each legacy document went into; a document already recorded keeps
 /// its first target.
 async fn record_sources(

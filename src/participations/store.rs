@@ -1,7 +1,7 @@
 //! All SQL of participations and their ledger.
 
 use super::model::{Delta, Overlay, Participation, Prefix};
-use crate::db::{rejects, vanished, Guards, StoreResult};
+use crate::db::{is_constraint, named_constraint, rejects, vanished, Guards, StoreResult};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
 use crate::reply::Outcome;
@@ -227,7 +227,14 @@ pub async fn apply(
     .fetch_optional(conn)
     .await;
     let row = match row {
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => return Ok(Err(KeyHeld)),
+        // A unique violation that names no constraint (Citus may drop the name) can only be
+        // this one too: no other row the statement inserts has a key a client chooses.
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("23505")
+                && named_constraint(e.as_ref()).is_none_or(|named| is_constraint(named, "idempotency_keys_pkey")) =>
+        {
+            return Ok(Err(KeyHeld))
+        }
         row => row.map_err(rejects(COUNTER_GUARDS))?,
     };
     let Some(row) = row else { return Ok(Ok(Applied::Unknown)) };
@@ -304,7 +311,8 @@ pub async fn set_qr_code(
         r#"WITH image AS (
                INSERT INTO participation_qr_codes (participation_id, png)
                SELECT id, $2 FROM participations WHERE id = $1
-               ON CONFLICT (participation_id) DO UPDATE SET png = EXCLUDED.png, created_at = now()
+               ON CONFLICT (participation_id) DO UPDATE
+               SET png = EXCLUDED.png, created_at = EXCLUDED.created_at
            )
            UPDATE participations SET tracking_url = $3, qr_code_url = $4, updated_at = now()
            WHERE id = $1

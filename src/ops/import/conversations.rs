@@ -4,7 +4,7 @@
 //! of their messages in timestamp order; a message's id is derived from the message, so a
 //! message seen twice (or in a second run) is stored once.
 
-use super::{extjson, record_sources, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary};
+use super::{extjson, record_sources, transaction_time, Collection, Group, Importer, MapRow, Outcome, Parsed, Summary};
 use crate::conversations::model::{MAX_LANGUAGE_CHARS, MAX_USER_ID_CHARS};
 use crate::domain::{check_json_storable, optional_text, SessionId};
 use chrono::{DateTime, Utc};
@@ -150,6 +150,7 @@ impl Importer for Conversations {
         .into_iter()
         .map(|r| (r.source_id, r.session_id))
         .collect();
+        let now = transaction_time(tx).await?;
         for group in groups {
             let session_id = match group.key.strip_prefix(NO_SESSION) {
                 None => group.key.clone(),
@@ -161,7 +162,7 @@ impl Importer for Conversations {
                     }
                 },
             };
-            let id = write_group(tx, &session_id, group, summary).await?;
+            let id = write_group(tx, &session_id, group, now, summary).await?;
             let sources: Vec<String> = group.docs.iter().map(|d| d.source_id.clone()).collect();
             record_sources(tx, Collection::Conversations, &sources, &vec![id; sources.len()]).await?;
             summary.map.extend(sources.into_iter().map(|source_id| MapRow {
@@ -180,6 +181,7 @@ async fn write_group(
     tx: &mut PgConnection,
     session_id: &str,
     group: &Group<Conversation>,
+    now: DateTime<Utc>,
     summary: &mut Summary,
 ) -> anyhow::Result<Uuid> {
     // Newest document last, so its values win.
@@ -202,7 +204,7 @@ async fn write_group(
                analysis = coalesce(c.analysis, EXCLUDED.analysis),
                created_at = least(c.created_at, EXCLUDED.created_at),
                version = c.version + 1,
-               updated_at = now()
+               updated_at = $9
            WHERE (c.user_id IS NULL AND EXCLUDED.user_id IS NOT NULL)
               OR (c.language IS NULL AND EXCLUDED.language IS NOT NULL)
               OR (c.transcript IS NULL AND EXCLUDED.transcript IS NOT NULL)
@@ -217,6 +219,7 @@ async fn write_group(
         analysis,
         created_at,
         updated_at,
+        now,
     )
     .fetch_optional(&mut *tx)
     .await?;

@@ -5,8 +5,8 @@
 //! events, and is recorded in `import_sources`, so a second run adds nothing.
 
 use super::{
-    extjson, participant_id, record_sources, refused, Collection, Group, Importer, MapRow, Outcome, Parsed, Sourced,
-    Summary,
+    extjson, participant_id, record_sources, refused, transaction_time, Collection, Group, Importer, MapRow, Outcome,
+    Parsed, Sourced, Summary,
 };
 use crate::domain::{BrowserSourceToken, Money, ParticipantId};
 use chrono::{DateTime, Utc};
@@ -128,6 +128,7 @@ impl Importer for Participations {
         .into_iter()
         .map(|r| (r.source_id, r.target_id))
         .collect();
+        let now = transaction_time(tx).await?;
         for group in groups {
             let (fresh, seen): (Vec<&Sourced<Participation>>, Vec<_>) =
                 group.docs.iter().partition(|d| !done.contains_key(&d.source_id));
@@ -136,7 +137,7 @@ impl Importer for Participations {
                 summary.count(Outcome::Unchanged);
                 done[&seen[0].source_id]
             } else {
-                self.write_fresh(tx, &fresh, summary).await?
+                self.write_fresh(tx, &fresh, now, summary).await?
             };
             summary.map.extend(group.docs.iter().map(|d| MapRow {
                 source_id: d.source_id.clone(),
@@ -154,6 +155,7 @@ impl Participations {
         &mut self,
         tx: &mut PgConnection,
         fresh: &[&Sourced<Participation>],
+        now: DateTime<Utc>,
         summary: &mut Summary,
     ) -> anyhow::Result<Uuid> {
         let mut docs: Vec<&Participation> = fresh.iter().map(|d| &d.doc).collect();
@@ -188,7 +190,7 @@ impl Participations {
                    tracking_url = coalesce(p.tracking_url, EXCLUDED.tracking_url),
                    chat_command = coalesce(p.chat_command, EXCLUDED.chat_command),
                    created_at = least(p.created_at, EXCLUDED.created_at),
-                   updated_at = now()
+                   updated_at = $18
                RETURNING id, (xmax::text = '0') AS "inserted!""#,
             Uuid::now_v7(),
             total.campaign_id.as_str(),
@@ -207,6 +209,7 @@ impl Participations {
             total.tracking_url,
             total.chat_command,
             total.created_at,
+            now,
         )
         .fetch_one(&mut *tx)
         .await?;
