@@ -112,21 +112,20 @@ pub fn rejects(guards: Guards) -> impl Fn(sqlx::Error) -> StoreError {
     }
 }
 
-/// The field a refusal (SQLSTATE `code`) concerns, by the constraint it names. A refusal that
-/// names none of `guards`, or no constraint at all (a Citus coordinator may re-raise a worker's
-/// error without it, README "Scaling out"), concerns the statement's only field, or else the
-/// request as a whole (`body`): a value was refused either way, never a server fault.
+/// The field a refusal (SQLSTATE `code`) concerns, by the constraint it names; `None` for a
+/// constraint none of `guards` names (an operator's, not the contract's: a server fault). A
+/// refusal that names no constraint at all (a Citus coordinator may re-raise a worker's error
+/// without it, README "Scaling out") concerns the statement's only field, or else the request
+/// as a whole (`body`): one of the statement's guards refused a value.
 fn refused_field(guards: Guards, code: Option<&str>, constraint: Option<&str>, message: &str) -> Option<&'static str> {
     if !matches!(code, Some("23503" | "23514" | "22001")) || guards.is_empty() {
         return None;
     }
-    let named = constraint.or_else(|| constraint_in(message));
-    let guard = named.and_then(|named| guards.iter().find(|(constraint, _)| is_constraint(named, constraint)));
-    Some(match (guard, guards) {
-        (Some((_, field)), _) => field,
-        (None, [(_, only)]) => only,
-        (None, _) => "body",
-    })
+    match (constraint.or_else(|| constraint_in(message)), guards) {
+        (Some(named), _) => guards.iter().find(|(constraint, _)| is_constraint(named, constraint)).map(|(_, f)| *f),
+        (None, [(_, only)]) => Some(only),
+        (None, _) => Some("body"),
+    }
 }
 
 /// The constraint a database error names: its constraint field or, when a Citus coordinator
@@ -265,8 +264,8 @@ mod tests {
         // ...or the coordinator passes the message on without the constraint field.
         let message = r#"new row for relation "t_102008" violates check constraint "t_earnings_not_negative_102008""#;
         assert_eq!(field(None, message), Some("earnings"));
-        // Not a shard suffix: another constraint.
-        assert_eq!(field(Some("t_earnings_not_negative_x1"), ""), Some("body"));
+        // Not a shard suffix: another constraint, none of the contract's.
+        assert_eq!(field(Some("t_earnings_not_negative_x1"), ""), None);
         // Named nowhere: still a refused value, never a server fault.
         assert_eq!(field(None, "violates a constraint"), Some("body"));
         assert_eq!(refused_field(&GUARDS[..1], check, None, ""), Some("clicks"));
