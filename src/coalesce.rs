@@ -7,7 +7,9 @@
 //! writes that arrive while `max_in_flight` batches are out queue up, and the next free drain
 //! takes the whole queue. Each job is answered only after the batch that holds it is done.
 
+use crate::db::StoreResult;
 use crate::error::{ApiError, ApiResult};
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -179,6 +181,76 @@ pub async fn settle<I, T>(
             job.answer(Err(ApiError::copy(&error)));
         }),
     }
+}
+
+/// A read by unique key that concurrent callers can share ([`Reads`]).
+pub trait Lookup: 'static {
+    /// What a caller asks for.
+    type Key: Hash + Eq + Clone + 'static;
+    /// What it gets; cloned when two callers of one batch ask for one key.
+    type Row: Clone + 'static;
+    /// What is read, for the log.
+    const WHAT: &'static str;
+
+    /// The rows of these keys, in any order.
+    ///
+    /// One key should take a one-key statement: PostgreSQL plans `= ANY($1)` again on every
+    /// call (its custom plan looks cheaper than the generic one), 32 µs each measured, where
+    /// `= $1` keeps its generic plan; a batch of one should cost no more than a read of its own.
+    fn find_many(conn: &mut PgConnection, keys: &[&Self::Key]) -> impl Future<Output = StoreResult<Vec<Self::Row>>>;
+
+    fn key_of(row: &Self::Row) -> Self::Key;
+}
+
+/// Coalesced reads of create-or-get: calls that arrive while others' reads are in flight share
+/// the next [`Lookup::find_many`].
+///
+/// Most create-or-get calls find their row, and one read per call spent most of PostgreSQL's
+/// time and upsertd's on what surrounds it: a connection taken from the pool and given back
+/// (sqlx pings it on the way back), a round trip, a statement. Reads take no lock and need no
+/// order, so several go out at once; those that arrive while all are out wait and go together.
+pub struct Reads<L: Lookup> {
+    lanes: Lanes<(), L::Key, Found<L>>,
+}
+
+/// What a read answers a caller.
+type Found<L> = ApiResult<Option<<L as Lookup>::Row>>;
+
+impl<L: Lookup> Clone for Reads<L> {
+    fn clone(&self) -> Self {
+        Self { lanes: self.lanes.clone() }
+    }
+}
+
+impl<L: Lookup> Default for Reads<L> {
+    fn default() -> Self {
+        /// Reads in flight at once; the calls that arrive meanwhile wait for the next free one.
+        const IN_FLIGHT: usize = 4;
+        Self { lanes: Lanes::new(IN_FLIGHT) }
+    }
+}
+
+impl<L: Lookup> Reads<L> {
+    /// The row of `key`, if there is one.
+    pub async fn find(&self, pool: &PgPool, key: L::Key) -> Found<L> {
+        let pool = pool.clone();
+        let run = move |jobs| {
+            let pool = pool.clone();
+            async move { read::<L>(&pool, jobs).await }
+        };
+        self.lanes.submit((), key, run).await.unwrap_or_else(|| Err(unanswered()))
+    }
+}
+
+/// One statement for the batch; each call gets the row of its own key.
+async fn read<L: Lookup>(pool: &PgPool, jobs: Vec<Job<L::Key, Found<L>>>) {
+    let statement = async |keys: &[&L::Key]| {
+        let mut conn = crate::db::acquire(pool).await?;
+        let found: HashMap<L::Key, L::Row> =
+            L::find_many(&mut conn, keys).await?.into_iter().map(|row| (L::key_of(&row), row)).collect();
+        Ok(keys.iter().map(|key| found.get(*key).cloned()).collect())
+    };
+    settle(jobs, statement, L::WHAT).await;
 }
 
 #[cfg(test)]

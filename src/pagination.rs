@@ -89,10 +89,6 @@ impl<T> Page<T> {
         let next_cursor = if more { rows.last().map(|last| key(last).encode()) } else { None };
         Self { items: rows, next_cursor }
     }
-
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
-    }
 }
 
 pub fn page_request(query: &PageQuery) -> Result<PageRequest, ApiError> {

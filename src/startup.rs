@@ -2,6 +2,7 @@
 
 use crate::auth::{self, ApiTokens};
 use crate::chats::routes as chats;
+use crate::coalesce::Reads;
 use crate::conversations::audio::AudioStore;
 use crate::conversations::batcher as conversations_batcher;
 use crate::conversations::routes as conversations;
@@ -15,7 +16,7 @@ use crate::ops::{health, metrics};
 use crate::participations::batcher as participations_batcher;
 use crate::participations::routes as participations;
 use crate::settings::Settings;
-use crate::state::{ChatLookups, Counters, Db, PublicBaseUrl, Uploads, Upserts, WorkerPools};
+use crate::state::{Counters, Db, Lookups, PublicBaseUrl, Uploads, Upserts, WorkerPools};
 use crate::telemetry;
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, ErrorHandlers};
@@ -59,7 +60,9 @@ impl Application {
         // worker they came through.
         let counters = participations_batcher::Batcher::default();
         let upserts = conversations_batcher::Batcher::default();
-        let chat_lookups = crate::chats::lookups::Lookups::default();
+        let chat_reads = Reads::<crate::chats::store::ByKey>::default();
+        let participation_reads = Reads::<crate::participations::store::ByPair>::default();
+        let conversation_reads = Reads::<crate::conversations::store::BySessionId>::default();
         let claims = Claims::default();
         // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
         let max_connections = pool.options().get_max_connections().max(1);
@@ -94,7 +97,9 @@ impl Application {
             });
             let counters = Counters { batcher: counters.clone(), pool: pool.clone(), idempotency };
             let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone() };
-            let chat_lookups = ChatLookups { lookups: chat_lookups.clone(), pool: pool.clone() };
+            let chat_lookups = Lookups { reads: chat_reads.clone(), pool: pool.clone() };
+            let participation_lookups = Lookups { reads: participation_reads.clone(), pool: pool.clone() };
+            let conversation_lookups = Lookups { reads: conversation_reads.clone(), pool: pool.clone() };
             let local_only = local_only.clone();
             // Innermost first. CORS sits outside the problem rewriting, so that the headers it
             // adds stay on problem documents, and outside everything that could refuse a
@@ -110,6 +115,8 @@ impl Application {
                 .app_data(web::Data::new(counters))
                 .app_data(web::Data::new(upserts))
                 .app_data(web::Data::new(chat_lookups))
+                .app_data(web::Data::new(participation_lookups))
+                .app_data(web::Data::new(conversation_lookups))
                 .app_data(uploads.clone())
                 .app_data(public_base_url.clone())
                 .app_data(keys)

@@ -2,11 +2,10 @@
 //! it uses. It stands below the routes: it imports the stores' coalescers and configuration,
 //! never a route or the startup that registers these.
 
-use crate::chats::store::Chat;
+use crate::coalesce::{Lookup, Reads};
 use crate::conversations::audio::AudioStore;
 use crate::conversations::model::{AnalysisUpsert, Conversation};
 use crate::conversations::stt::Stt;
-use crate::domain::ParticipantsKey;
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{Claim, IdempotencyConfig};
 use crate::participations::model::Delta;
@@ -44,16 +43,22 @@ impl Counters {
     }
 }
 
-/// The reads of chat create-or-get: the coalescer, shared by the workers, and the worker's pool.
-#[derive(Clone)]
-pub struct ChatLookups {
-    pub lookups: crate::chats::lookups::Lookups,
+/// The reads of create-or-get (chats, participations, conversations): the coalescer, shared
+/// by the workers, and the worker's pool.
+pub struct Lookups<L: Lookup> {
+    pub reads: Reads<L>,
     pub pool: PgPool,
 }
 
-impl ChatLookups {
-    pub async fn find(&self, key: &ParticipantsKey) -> ApiResult<Option<Chat>> {
-        self.lookups.find(&self.pool, key).await
+impl<L: Lookup> Clone for Lookups<L> {
+    fn clone(&self) -> Self {
+        Self { reads: self.reads.clone(), pool: self.pool.clone() }
+    }
+}
+
+impl<L: Lookup> Lookups<L> {
+    pub async fn find(&self, key: L::Key) -> ApiResult<Option<L::Row>> {
+        self.reads.find(&self.pool, key).await
     }
 }
 

@@ -7,7 +7,7 @@ use crate::extract::{uuid_path_id, InPath, JsonBody};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
-use crate::state::{ChatLookups, Db};
+use crate::state::{Db, Lookups};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -59,12 +59,12 @@ impl CreateChatBody {
 )]
 pub async fn create(
     writer: Writer,
-    lookups: web::Data<ChatLookups>,
+    lookups: web::Data<Lookups<store::ByKey>>,
     body: JsonBody<CreateChatBody>,
 ) -> ApiResult<HttpResponse> {
     let key = body.0.validate()?;
     let reply = |(chat, outcome): (Chat, Outcome)| Reply::written("chat", outcome, &chat, || chat.location());
-    if let Some(chat) = lookups.find(&key).await? {
+    if let Some(chat) = lookups.find(key.as_str().to_owned()).await? {
         return writer.answer(reply((chat, Outcome::Unchanged))).await;
     }
     let mut conn = writer.begin().await?;

@@ -1,5 +1,6 @@
 //! All SQL of chats.
 
+use crate::coalesce::Lookup;
 use crate::db::{rejects, vanished, StoreResult};
 use crate::domain::ParticipantsKey;
 use crate::pagination::{Cursor, Page, PageRequest};
@@ -24,29 +25,36 @@ impl Chat {
     }
 }
 
-/// The chats of these keys, in no particular order: the read of create-or-get, for many
-/// callers at once (`chats::lookups`).
+/// The read of create-or-get, shared by concurrent callers (`coalesce::Reads`).
 ///
 /// Most create-or-get calls ask for a chat that already exists. Measured with pgbench on this
 /// machine, `INSERT ... ON CONFLICT DO UPDATE SET <no-op> RETURNING` writes a new row version
 /// and flushes WAL on every call (~23k TPS at 64 clients), while a plain read of the unique
 /// index does 1.8-4x that. So a read comes first (the common path, no write, no lock), and
 /// [`insert_or_find`] only when it found nothing.
-///
-/// One key takes the one-key statement: PostgreSQL plans `= ANY($1)` again on every call (its
-/// custom plan looks cheaper than the generic one), 32 µs each measured, where `= $1` keeps
-/// its generic plan; a batch of one should cost no more than a read of its own.
-pub async fn find_many(conn: &mut PgConnection, keys: &[&str]) -> StoreResult<Vec<Chat>> {
-    if let [key] = keys {
-        return Ok(find_by_key(conn, key).await?.into_iter().collect());
+pub struct ByKey;
+
+impl Lookup for ByKey {
+    type Key = String;
+    type Row = Chat;
+    const WHAT: &'static str = "chat read";
+
+    async fn find_many(conn: &mut PgConnection, keys: &[&String]) -> StoreResult<Vec<Chat>> {
+        if let [key] = keys {
+            return Ok(find_by_key(conn, key).await?.into_iter().collect());
+        }
+        Ok(sqlx::query_as!(
+            Chat,
+            "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = ANY($1)",
+            keys as &[&String]
+        )
+        .fetch_all(conn)
+        .await?)
     }
-    Ok(sqlx::query_as!(
-        Chat,
-        "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = ANY($1)",
-        keys as &[&str]
-    )
-    .fetch_all(conn)
-    .await?)
+
+    fn key_of(chat: &Chat) -> String {
+        chat.participants_key.clone()
+    }
 }
 
 /// The write of create-or-get, after a read found no chat: `INSERT ... ON CONFLICT DO NOTHING

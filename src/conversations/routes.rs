@@ -13,7 +13,7 @@ use crate::extract::{path_segment, uuid_path_id, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::pagination::{page_request, Page, PageQuery};
 use crate::reply::{Outcome, Reply};
-use crate::state::{Db, Uploads, Upserts};
+use crate::state::{Db, Lookups, Uploads, Upserts};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -56,10 +56,19 @@ fn no_conversation() -> ApiError {
         JsonWrite
     )
 )]
-pub async fn create(writer: Writer, body: JsonBody<CreateConversationBody>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    writer: Writer,
+    lookups: web::Data<Lookups<store::BySessionId>>,
+    body: JsonBody<CreateConversationBody>,
+) -> ApiResult<HttpResponse> {
     let new = body.0.validate()?;
+    if let Some(session_id) = &new.session_id {
+        if let Some(found) = lookups.find(session_id.as_str().to_owned()).await? {
+            return writer.answer(conversation_reply(&found, Outcome::Unchanged)).await;
+        }
+    }
     let mut conn = writer.begin().await?;
-    let result = store::create_or_get(&mut conn, new).await;
+    let result = store::insert_or_find(&mut conn, new).await;
     writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
 }
 

@@ -3,6 +3,7 @@
 use super::model::{
     AnalysisUpsert, AudioFile, Conversation, ConversationRow, Expected, Message, NewConversation, NewMessage,
 };
+use crate::coalesce::Lookup;
 use crate::db::{rejects, vanished, Guards, StoreError, StoreResult};
 use crate::domain::SessionId;
 use crate::pagination::{Cursor, Page, PageRequest};
@@ -20,8 +21,40 @@ const CONVERSATION_GUARDS: Guards =
 const MESSAGE_GUARDS: Guards =
     &[("messages_audio_id_fkey", "messages[].audio_id"), ("messages_role_is_user_or_bot", "messages[].role")];
 
-/// Create-or-get. An existing conversation is returned as it is: no write, no new version.
-pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> StoreResult<(Conversation, Outcome)> {
+/// The read of create-or-get by `session_id`, shared by concurrent callers
+/// (`coalesce::Reads`): an existing conversation is returned as it is, with no write and no
+/// connection of the caller's own; read first for the reason `chats::store::ByKey` gives.
+pub struct BySessionId;
+
+impl Lookup for BySessionId {
+    type Key = String;
+    type Row = Conversation;
+    const WHAT: &'static str = "conversation read";
+
+    async fn find_many(conn: &mut PgConnection, session_ids: &[&String]) -> StoreResult<Vec<Conversation>> {
+        let rows = match session_ids {
+            [session_id] => find_row(conn, session_id).await?.into_iter().collect(),
+            _ => {
+                sqlx::query_as!(
+                    ConversationRow,
+                    "SELECT * FROM conversations WHERE session_id = ANY($1)",
+                    session_ids as &[&String]
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        with_audios(conn, rows).await
+    }
+
+    fn key_of(conversation: &Conversation) -> String {
+        conversation.session_id.clone()
+    }
+}
+
+/// The write of create-or-get, after a read found nothing (or with no `session_id`, when the
+/// server makes one): an existing conversation is returned as it is, no write, no new version.
+pub async fn insert_or_find(conn: &mut PgConnection, new: NewConversation) -> StoreResult<(Conversation, Outcome)> {
     let session_id = new.session_id.unwrap_or_else(SessionId::generate);
     let inserted = sqlx::query_as!(
         ConversationRow,
@@ -39,7 +72,9 @@ pub async fn create_or_get(conn: &mut PgConnection, new: NewConversation) -> Sto
     // DO NOTHING waited for any concurrent inserter to commit, so the row is visible now.
     let (row, outcome) = match inserted {
         Some(row) => (row, Outcome::Inserted),
-        None => (find_row(conn, &session_id).await?.ok_or_else(|| vanished("conversation"))?, Outcome::Unchanged),
+        None => {
+            (find_row(conn, session_id.as_str()).await?.ok_or_else(|| vanished("conversation"))?, Outcome::Unchanged)
+        }
     };
     Ok((with_audio(conn, row).await?, outcome))
 }
@@ -160,14 +195,14 @@ pub async fn upsert_many(
 }
 
 pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<Conversation>> {
-    match find_row(conn, session_id).await? {
+    match find_row(conn, session_id.as_str()).await? {
         Some(row) => Ok(Some(with_audio(conn, row).await?)),
         None => Ok(None),
     }
 }
 
-async fn find_row(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<ConversationRow>> {
-    Ok(sqlx::query_as!(ConversationRow, "SELECT * FROM conversations WHERE session_id = $1", session_id.as_str())
+async fn find_row(conn: &mut PgConnection, session_id: &str) -> StoreResult<Option<ConversationRow>> {
+    Ok(sqlx::query_as!(ConversationRow, "SELECT * FROM conversations WHERE session_id = $1", session_id)
         .fetch_optional(conn)
         .await?)
 }
@@ -194,11 +229,20 @@ pub async fn list(
     .fetch_all(&mut *conn)
     .await?;
     let page = Page::from_rows(rows, page, |row| Cursor { position: row.created_at.timestamp_micros(), id: row.id });
-    let audio = audio_by_id(conn, page.items.iter().filter_map(|row| row.audio_id).collect()).await?;
-    Ok(page.map(|row| {
-        let file = row.audio_id.and_then(|id| audio.iter().find(|a| a.id == id).cloned());
-        Conversation::new(row, file)
-    }))
+    let (items, next_cursor) = (page.items, page.next_cursor);
+    Ok(Page { items: with_audios(conn, items).await?, next_cursor })
+}
+
+/// The conversations of these rows, each with its audio file, in one more statement.
+async fn with_audios(conn: &mut PgConnection, rows: Vec<ConversationRow>) -> StoreResult<Vec<Conversation>> {
+    let audio = audio_by_id(conn, rows.iter().filter_map(|row| row.audio_id).collect()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let file = row.audio_id.and_then(|id| audio.iter().find(|a| a.id == id).cloned());
+            Conversation::new(row, file)
+        })
+        .collect())
 }
 
 async fn with_audio(conn: &mut PgConnection, row: ConversationRow) -> StoreResult<Conversation> {
@@ -329,7 +373,7 @@ pub async fn append_messages(
     let outcome = if updated.is_some() { Outcome::Inserted } else { Outcome::Unchanged };
     let row = match updated {
         Some(row) => row,
-        None => find_row(&mut tx, session_id).await?.ok_or_else(|| vanished("conversation"))?,
+        None => find_row(&mut tx, session_id.as_str()).await?.ok_or_else(|| vanished("conversation"))?,
     };
     let conversation = with_audio(&mut tx, row).await?;
     tx.commit().await?;

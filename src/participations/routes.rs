@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult, JsonWrite, JsonWriteTo, Lookup, PublicLo
 use crate::extract::{path_segment, InPath, JsonBody, PathSegment};
 use crate::idempotency::{KeyHeader, Writer};
 use crate::reply::{Outcome, Reply};
-use crate::state::{Counters, Db, PublicBaseUrl};
+use crate::state::{Counters, Db, Lookups, PublicBaseUrl};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
@@ -46,11 +46,19 @@ fn updated(participation: Option<super::model::Participation>) -> ApiResult<Repl
         JsonWrite
     )
 )]
-pub async fn create(writer: Writer, body: JsonBody<CreateBody>) -> ApiResult<HttpResponse> {
+pub async fn create(
+    writer: Writer,
+    lookups: web::Data<Lookups<store::ByPair>>,
+    body: JsonBody<CreateBody>,
+) -> ApiResult<HttpResponse> {
     let (campaign, streamer) = body.0.validate()?;
+    let reply = |(p, outcome): (Participation, Outcome)| Reply::written("participation", outcome, &p, || p.location());
+    if let Some(found) = lookups.find((campaign.as_str().to_owned(), streamer.as_str().to_owned())).await? {
+        return writer.answer(reply((found, Outcome::Unchanged))).await;
+    }
     let mut conn = writer.begin().await?;
-    let result = store::create_or_get(&mut conn, &campaign, &streamer).await;
-    writer.finish(conn, result.map(|(p, outcome)| Reply::written("participation", outcome, &p, || p.location()))).await
+    let result = store::insert_or_find(&mut conn, &campaign, &streamer).await;
+    writer.finish(conn, result.map(reply)).await
 }
 
 #[utoipa::path(

@@ -1,6 +1,7 @@
 //! All SQL of participations and their ledger.
 
 use super::model::{Delta, Overlay, Participation, Prefix};
+use crate::coalesce::Lookup;
 use crate::db::{is_constraint, named_constraint, rejects, vanished, Guards, StoreResult};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
@@ -9,17 +10,46 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Create-or-get on (campaign_id, streamer_id), read first like chats (see
-/// `chats::store::create_or_get` for why). The token is drawn only for the insert and no later
-/// statement names its column, so nothing can ever rewrite it.
-pub async fn create_or_get(
+/// The read of create-or-get on (campaign_id, streamer_id), shared by concurrent callers
+/// (`coalesce::Reads`); read first for the reason `chats::store::ByKey` gives.
+pub struct ByPair;
+
+impl Lookup for ByPair {
+    type Key = (String, String);
+    type Row = Participation;
+    const WHAT: &'static str = "participation read";
+
+    async fn find_many(conn: &mut PgConnection, pairs: &[&(String, String)]) -> StoreResult<Vec<Participation>> {
+        if let [(campaign, streamer)] = pairs {
+            return Ok(find_by_pair(conn, campaign, streamer).await?.into_iter().collect());
+        }
+        let (campaigns, streamers): (Vec<&str>, Vec<&str>) =
+            pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
+        Ok(sqlx::query_as!(
+            Participation,
+            "SELECT * FROM participations
+             WHERE (campaign_id, streamer_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &campaigns as &[&str],
+            &streamers as &[&str],
+        )
+        .fetch_all(conn)
+        .await?)
+    }
+
+    fn key_of(participation: &Participation) -> (String, String) {
+        (participation.campaign_id.clone(), participation.streamer_id.clone())
+    }
+}
+
+/// The write of create-or-get, after a read found nothing. The token is drawn only for the
+/// insert and no later statement names its column, so nothing can ever rewrite it. When the
+/// insert finds the pair taken, a concurrent caller inserted it since the read and committed
+/// (DO NOTHING waits for it), so a second read sees it.
+pub async fn insert_or_find(
     conn: &mut PgConnection,
     campaign: &ParticipantId,
     streamer: &ParticipantId,
 ) -> StoreResult<(Participation, Outcome)> {
-    if let Some(found) = find_by_pair(conn, campaign, streamer).await? {
-        return Ok((found, Outcome::Unchanged));
-    }
     let token = BrowserSourceToken::generate();
     let inserted = sqlx::query_as!(
         Participation,
@@ -36,22 +66,18 @@ pub async fn create_or_get(
     match inserted {
         Some(created) => Ok((created, Outcome::Inserted)),
         None => Ok((
-            find_by_pair(conn, campaign, streamer).await?.ok_or_else(|| vanished("participation"))?,
+            find_by_pair(conn, campaign.as_str(), streamer.as_str()).await?.ok_or_else(|| vanished("participation"))?,
             Outcome::Unchanged,
         )),
     }
 }
 
-async fn find_by_pair(
-    conn: &mut PgConnection,
-    campaign: &ParticipantId,
-    streamer: &ParticipantId,
-) -> StoreResult<Option<Participation>> {
+async fn find_by_pair(conn: &mut PgConnection, campaign: &str, streamer: &str) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
         "SELECT * FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
-        campaign.as_str(),
-        streamer.as_str()
+        campaign,
+        streamer
     )
     .fetch_optional(conn)
     .await?)

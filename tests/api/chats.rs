@@ -26,37 +26,11 @@ async fn two_hundred_concurrent_creates_of_one_group_return_one_chat() {
     assert_eq!(chat["participants_key"], "alice,bob_smith,carol@example.com,dave:1");
 }
 
-/// Reads of existing chats share statements (`chats::lookups`): every call must still get the
-/// chat of its own group, keyed or not, and a keyed one is recorded and replayed.
 #[tokio::test]
 async fn concurrent_creates_of_existing_chats_each_get_their_own() {
-    let app = TestApp::spawn().await;
-    let group = |g: usize| json!({"participants": [format!("p{g}"), format!("q{g}")]});
-    let mut ids = std::collections::HashMap::new();
-    for g in 0..20 {
-        let chat: Value = app.post_json("/api/chats", group(g)).await.json().await.unwrap();
-        ids.insert(chat["participants_key"].as_str().unwrap().to_owned(), chat["id"].clone());
-    }
-    let send = |i: usize| {
-        let request = app.client.post(app.url("/api/chats")).json(&group(i % 20));
-        let request = if i % 2 == 0 { request.header("idempotency-key", format!("read-{i}")) } else { request };
-        async move { request.send().await.expect("request reaches the server") }
-    };
-    let results = app.concurrently(600, 64, send).await;
-    let mut per_group = std::collections::HashMap::new();
-    for (status, chat) in &results {
-        assert_eq!(*status, 200, "{chat}");
-        let key = chat["participants_key"].as_str().unwrap();
-        assert_eq!(chat["id"], ids[key], "the chat of its own group: {chat}");
-        *per_group.entry(key.to_owned()).or_insert(0) += 1;
-    }
-    assert!(per_group.values().all(|n| *n == 30), "every call answered once: {per_group:?}");
-    assert_eq!(app.count("SELECT count(*) FROM chats").await, 20);
-    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys WHERE response_status = 200").await, 300);
-    let replay = send(42).await;
-    assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    let replay: Value = replay.json().await.unwrap();
-    assert_eq!(replay["id"], ids["p2,q2"]);
+    let groups: Vec<Value> = (0..20).map(|g| json!({"participants": [format!("p{g}"), format!("q{g}")]})).collect();
+    let key_of = |chat: &Value| chat["participants_key"].as_str().unwrap().to_owned();
+    TestApp::spawn().await.creates_of_existing_each_get_their_own("/api/chats", &groups, key_of, "chats").await;
 }
 
 #[tokio::test]

@@ -2,6 +2,14 @@ use crate::helpers::{assert_problem, TestApp};
 use serde_json::{json, Value};
 
 #[tokio::test]
+async fn concurrent_creates_of_existing_conversations_each_get_their_own() {
+    let sessions: Vec<Value> = (0..20).map(|g| json!({"session_id": format!("s-{g}")})).collect();
+    let key_of = |c: &Value| c["session_id"].as_str().unwrap().to_owned();
+    let app = TestApp::spawn().await;
+    app.creates_of_existing_each_get_their_own("/api/conversations", &sessions, key_of, "conversations").await;
+}
+
+#[tokio::test]
 async fn upload_then_save_analysis_make_one_conversation() {
     let app = TestApp::spawn().await;
     let wav = crate::upload::sine_wav(16_000, 1, 0.5, 0.25);

@@ -323,6 +323,46 @@ impl TestApp {
             .await
     }
 
+    /// Create-or-get of existing resources shares reads (`coalesce::Reads`): after one create
+    /// per body, 600 concurrent calls over them, half with an `Idempotency-Key`, must each get
+    /// the resource of their own body (`key_of` names it in an answer), nothing is inserted,
+    /// the keyed calls are recorded, and one of them replays.
+    pub async fn creates_of_existing_each_get_their_own(
+        &self,
+        path: &str,
+        bodies: &[Value],
+        key_of: impl Fn(&Value) -> String,
+        table: &str,
+    ) {
+        let mut ids = std::collections::HashMap::new();
+        let mut created_ids = Vec::new();
+        for body in bodies {
+            let created: Value = self.post_json(path, body.clone()).await.json().await.unwrap();
+            ids.insert(key_of(&created), created["id"].clone());
+            created_ids.push(created["id"].clone());
+        }
+        let send = |i: usize| {
+            let request = self.client.post(self.url(path)).json(&bodies[i % bodies.len()]);
+            let request = if i % 2 == 0 { request.header("idempotency-key", format!("read-{i}")) } else { request };
+            async move { request.send().await.expect("request reaches the server") }
+        };
+        let results = self.concurrently(600, 64, send).await;
+        let mut per_key = std::collections::HashMap::new();
+        for (status, found) in &results {
+            assert_eq!(*status, 200, "{found}");
+            let key = key_of(found);
+            assert_eq!(found["id"], ids[&key], "the resource of its own body: {found}");
+            *per_key.entry(key).or_insert(0) += 1;
+        }
+        assert!(per_key.values().all(|n| *n == 600 / bodies.len()), "every call answered once: {per_key:?}");
+        assert_eq!(self.count(&format!("SELECT count(*) FROM {table}")).await, bodies.len() as i64);
+        assert_eq!(self.count("SELECT count(*) FROM idempotency_keys WHERE response_status = 200").await, 300);
+        let replay = send(42).await;
+        assert_eq!(replay.headers()["idempotent-replayed"], "true");
+        let replay: Value = replay.json().await.unwrap();
+        assert_eq!(replay["id"], created_ids[42 % bodies.len()]);
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query runs")
     }

@@ -40,6 +40,14 @@ async fn a_hundred_concurrent_creates_return_one_participation_with_one_token() 
 }
 
 #[tokio::test]
+async fn concurrent_creates_of_existing_participations_each_get_their_own() {
+    let pairs: Vec<Value> = (0..20).map(|g| json!({"campaign_id": format!("c{g}"), "streamer_id": "s"})).collect();
+    let key_of = |p: &Value| p["campaign_id"].as_str().unwrap().to_owned();
+    let app = TestApp::spawn().await;
+    app.creates_of_existing_each_get_their_own("/api/participations", &pairs, key_of, "participations").await;
+}
+
+#[tokio::test]
 async fn thirty_two_clients_times_five_hundred_mixed_clicks_count_exactly() {
     let app = TestApp::spawn().await;
     let id = app.participation("summer", "streamer_1").await["id"].as_str().unwrap().to_owned();
