@@ -27,8 +27,9 @@ impl Lookup for ByPair {
             pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
         Ok(sqlx::query_as!(
             Participation,
-            "SELECT * FROM participations
-             WHERE (campaign_id, streamer_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            "SELECT * FROM participations WHERE id IN (
+                 SELECT participation_id FROM participation_pairs
+                 WHERE (campaign_id, streamer_id) IN (SELECT * FROM unnest($1::text[], $2::text[])))",
             &campaigns as &[&str],
             &streamers as &[&str],
         )
@@ -41,10 +42,12 @@ impl Lookup for ByPair {
     }
 }
 
-/// The write of create-or-get, after a read found nothing. The token is drawn only for the
-/// insert and no later statement names its column, so nothing can ever rewrite it. When the
-/// insert finds the pair taken, a concurrent caller inserted it since the read and committed
-/// (DO NOTHING waits for it), so a second read sees it.
+/// The write of create-or-get, after a read found nothing, in the caller's transaction: one
+/// statement claims the pair (`participation_pairs`), and only when it did, inserts the
+/// participation and its token (`participation_tokens`). The token is drawn only for the insert
+/// and no later statement names its column, so nothing can ever rewrite it. When the pair is
+/// taken, a concurrent caller inserted it since the read and committed (DO NOTHING waits for
+/// it), so a second read sees its participation.
 pub async fn insert_or_find(
     conn: &mut PgConnection,
     campaign: &ParticipantId,
@@ -53,9 +56,17 @@ pub async fn insert_or_find(
     let token = BrowserSourceToken::generate();
     let inserted = sqlx::query_as!(
         Participation,
-        "INSERT INTO participations (id, campaign_id, streamer_id, browser_source_token) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (campaign_id, streamer_id) DO NOTHING
-         RETURNING *",
+        r#"WITH pair AS (
+               INSERT INTO participation_pairs (campaign_id, streamer_id, participation_id) VALUES ($2, $3, $1)
+               ON CONFLICT (campaign_id, streamer_id) DO NOTHING
+               RETURNING participation_id
+           ), token AS (
+               INSERT INTO participation_tokens (browser_source_token, participation_id)
+               SELECT $4, participation_id FROM pair
+           )
+           INSERT INTO participations (id, campaign_id, streamer_id, browser_source_token)
+           SELECT participation_id, $2, $3, $4 FROM pair
+           RETURNING *"#,
         Uuid::now_v7(),
         campaign.as_str(),
         streamer.as_str(),
@@ -75,7 +86,8 @@ pub async fn insert_or_find(
 async fn find_by_pair(conn: &mut PgConnection, campaign: &str, streamer: &str) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(
         Participation,
-        "SELECT * FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
+        "SELECT * FROM participations WHERE id = (
+             SELECT participation_id FROM participation_pairs WHERE campaign_id = $1 AND streamer_id = $2)",
         campaign,
         streamer
     )
@@ -361,8 +373,8 @@ pub async fn qr_code_png(conn: &mut PgConnection, id: Uuid) -> StoreResult<Optio
 /// The QR image of the participation that holds `token`, for the overlay that shows it.
 pub async fn overlay_qr_code_png(conn: &mut PgConnection, token: &str) -> StoreResult<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar!(
-        "SELECT q.png FROM participation_qr_codes q JOIN participations p ON p.id = q.participation_id
-         WHERE p.browser_source_token = $1",
+        "SELECT png FROM participation_qr_codes WHERE participation_id = (
+             SELECT participation_id FROM participation_tokens WHERE browser_source_token = $1)",
         token
     )
     .fetch_optional(conn)
@@ -374,8 +386,8 @@ pub async fn overlay_qr_code_png(conn: &mut PgConnection, token: &str) -> StoreR
 pub async fn overlay(conn: &mut PgConnection, token: &str) -> StoreResult<Option<Overlay>> {
     Ok(sqlx::query_as!(
         Overlay,
-        "SELECT campaign_id, streamer_id, chat_command, tracking_url, qr_code_url
-         FROM participations WHERE browser_source_token = $1",
+        "SELECT campaign_id, streamer_id, chat_command, tracking_url, qr_code_url FROM participations WHERE id = (
+             SELECT participation_id FROM participation_tokens WHERE browser_source_token = $1)",
         token
     )
     .fetch_optional(conn)

@@ -21,9 +21,10 @@ const KEY_CONSTRAINTS: &[(&str, &str)] = &[
     ("chats", "chats_participants_key_unique"),
     ("chats", "chats_participants_key_matches_participants"),
     ("participations", "participations_pkey"),
-    ("participations", "participations_browser_source_token_unique"),
-    ("participations", "participations_one_per_campaign_and_streamer"),
     ("participations", "participations_token_is_64_hex"),
+    ("participation_pairs", "participation_pairs_pkey"),
+    ("participation_tokens", "participation_tokens_pkey"),
+    ("participation_tokens", "participation_tokens_token_is_64_hex"),
     ("participation_events", "participation_events_pkey"),
     ("idempotency_keys", "idempotency_keys_pkey"),
     ("idempotency_answer_rows", "idempotency_answer_rows_pkey"),
@@ -123,6 +124,23 @@ pub async fn negative_counters(conn: &mut PgConnection) -> anyhow::Result<Vec<Fi
     Ok(rows
         .into_iter()
         .map(|r| finding("participations", "id", format!("negative counter: {}", r.negative), vec![r.id.to_string()]))
+        .collect())
+}
+
+pub async fn unclaimed_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Finding>> {
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id!", key_name AS "key_name!", key_value, claimed_by
+           FROM participation_keys_unclaimed ORDER BY 1, 2"#
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let value = r.key_value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"));
+            let holder = r.claimed_by.map_or_else(|| "no participation".to_owned(), |id| id.to_string());
+            finding("participations", &r.key_name, format!("{value} is claimed by {holder}"), vec![r.id.to_string()])
+        })
         .collect())
 }
 

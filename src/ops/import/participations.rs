@@ -163,13 +163,14 @@ impl Participations {
         docs.sort_by_key(|d| (d.created_at.is_none(), d.created_at));
         let total = sum(&docs);
         let token = self.pick_token(tx, &total, &docs, summary).await?;
+        let id = claim_pair(tx, &total).await?;
         let row = sqlx::query!(
             r#"INSERT INTO participations AS p (id, campaign_id, streamer_id, browser_source_token, impressions, clicks,
                    chat_clicks, qr_scans, link_clicks, estimated_earnings, viewer_samples, avg_viewer_count,
                    peak_viewer_count, qr_code_url, tracking_url, chat_command, created_at, viewer_count_total)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, coalesce($17, now()),
                        round($12::float8 * $11::bigint)::bigint)
-               ON CONFLICT (campaign_id, streamer_id) DO UPDATE SET
+               ON CONFLICT (id) DO UPDATE SET
                    impressions = p.impressions + EXCLUDED.impressions,
                    clicks = p.clicks + EXCLUDED.clicks,
                    chat_clicks = p.chat_clicks + EXCLUDED.chat_clicks,
@@ -192,7 +193,7 @@ impl Participations {
                    created_at = least(p.created_at, EXCLUDED.created_at),
                    updated_at = $18
                RETURNING id, (xmax::text = '0') AS "inserted!""#,
-            Uuid::now_v7(),
+            id,
             total.campaign_id.as_str(),
             total.streamer_id.as_str(),
             token,
@@ -213,6 +214,15 @@ impl Participations {
         )
         .fetch_one(&mut *tx)
         .await?;
+        if row.inserted {
+            sqlx::query!(
+                "INSERT INTO participation_tokens (browser_source_token, participation_id) VALUES ($1, $2)",
+                token,
+                id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         summary.count(if row.inserted { Outcome::Inserted } else { Outcome::Updated });
         let events = sqlx::query!(
             "INSERT INTO participation_events (participation_id, kind, impressions, clicks, chat_clicks, qr_scans,
@@ -246,7 +256,8 @@ impl Participations {
         summary: &mut Summary,
     ) -> anyhow::Result<String> {
         let existing = sqlx::query_scalar!(
-            "SELECT browser_source_token FROM participations WHERE campaign_id = $1 AND streamer_id = $2",
+            "SELECT browser_source_token FROM participations WHERE id = (
+                 SELECT participation_id FROM participation_pairs WHERE campaign_id = $1 AND streamer_id = $2)",
             total.campaign_id.as_str(),
             total.streamer_id.as_str(),
         )
@@ -256,10 +267,12 @@ impl Participations {
             return Ok(token);
         }
         for token in docs.iter().filter_map(|d| d.token.as_ref()) {
-            let held =
-                sqlx::query_scalar!("SELECT id FROM participations WHERE browser_source_token = $1", token.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let held = sqlx::query_scalar!(
+                "SELECT participation_id FROM participation_tokens WHERE browser_source_token = $1",
+                token.as_str()
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             if held.is_none() && self.tokens_taken.insert(token.as_str().to_owned()) {
                 return Ok(token.as_str().to_owned());
             }
@@ -267,6 +280,33 @@ impl Participations {
         }
         summary.fix("fresh browserSourceToken generated");
         Ok(BrowserSourceToken::generate().as_str().to_owned())
+    }
+}
+
+/// The id of the pair's participation: a fresh one claimed for it now (`participation_pairs`,
+/// which keeps the pair unique), or the one a participation already holds.
+async fn claim_pair(tx: &mut PgConnection, total: &Participation) -> anyhow::Result<Uuid> {
+    let (campaign, streamer) = (total.campaign_id.as_str(), total.streamer_id.as_str());
+    let claimed = sqlx::query_scalar!(
+        "INSERT INTO participation_pairs (campaign_id, streamer_id, participation_id) VALUES ($1, $2, $3)
+         ON CONFLICT (campaign_id, streamer_id) DO NOTHING
+         RETURNING participation_id",
+        campaign,
+        streamer,
+        Uuid::now_v7(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match claimed {
+        Some(id) => Ok(id),
+        // DO NOTHING waited for the transaction that holds the pair to commit: it is visible.
+        None => Ok(sqlx::query_scalar!(
+            "SELECT participation_id FROM participation_pairs WHERE campaign_id = $1 AND streamer_id = $2",
+            campaign,
+            streamer
+        )
+        .fetch_one(&mut *tx)
+        .await?),
     }
 }
 
