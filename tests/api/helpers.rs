@@ -122,16 +122,23 @@ impl TestServer {
         let mut conn = PgConnection::connect_with(&admin).await.expect("connect to the test server");
         let citus = Citus::registered(&mut conn).await;
         conn.close().await.unwrap();
-        let mut conn = admin_connection(&admin, citus.is_some()).await;
-        let leftovers: Vec<String> =
-            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'upsertd\\_test\\_%'")
-                .fetch_all(&mut conn)
-                .await
-                .unwrap();
-        for name in leftovers {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await.unwrap();
+        // Earlier runs' databases, node by node: a run cut short may have left one on some
+        // nodes of a Citus cluster only.
+        let workers =
+            citus.iter().flat_map(|c| &c.workers).map(|(host, port)| admin.clone().host(host).port(*port as u16));
+        for node in std::iter::once(admin.clone()).chain(workers) {
+            let mut conn = PgConnection::connect_with(&node).await.expect("connect to the test server");
+            let leftovers: Vec<String> =
+                sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'upsertd\\_test\\_%'")
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+            for name in leftovers {
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(&drop).execute(&mut conn).await.unwrap();
+            }
+            conn.close().await.unwrap();
         }
-        conn.close().await.unwrap();
         let server = Self { admin, citus, _cluster: std::sync::Mutex::new(cluster) };
         if server.citus.is_none() {
             server.create_database(TEMPLATE).await;
