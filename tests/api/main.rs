@@ -7,6 +7,7 @@ mod chats;
 mod cluster;
 mod conversations;
 mod cors;
+mod distribution;
 mod errors;
 mod exact;
 mod helpers;

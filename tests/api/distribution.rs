@@ -1,0 +1,139 @@
+//! The distribution plan against the schema, on plain PostgreSQL: what Citus would refuse to
+//! distribute, or could not keep unique, fails here first (README, "Scaling out"). The plan is
+//! read from the migrations' own `create_distributed_table` and `create_reference_table` calls.
+
+use crate::helpers::TestApp;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Tables the plan leaves on the coordinator, with why: their keys do not fit a distribution
+/// yet (README, "Scaling out"). sqlx's own bookkeeping stays there too.
+const ON_THE_COORDINATOR: &[(&str, &str)] = &[
+    ("conversations", "id is unique beside session_id"),
+    ("messages", "ids and seq are unique across conversations"),
+    ("_sqlx_migrations", "the migrator's"),
+];
+
+struct Plan {
+    /// Table to its distribution column.
+    distributed: BTreeMap<String, String>,
+    reference: BTreeSet<String>,
+}
+
+/// The quoted arguments of each call of `function` in `sql`.
+fn calls(sql: &str, function: &str) -> Vec<Vec<String>> {
+    sql.match_indices(&format!("{function}("))
+        .map(|(at, call)| {
+            let args = &sql[at + call.len()..];
+            let args = &args[..args.find(')').unwrap()];
+            args.split(',')
+                .filter_map(|arg| arg.trim().strip_prefix('\'')?.split('\'').next())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+fn plan() -> Plan {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut sql = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        sql += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    }
+    let distributed = calls(&sql, "create_distributed_table").into_iter().map(|a| (a[0].clone(), a[1].clone()));
+    let reference = calls(&sql, "create_reference_table").into_iter().map(|a| a[0].clone());
+    Plan { distributed: distributed.collect(), reference: reference.collect() }
+}
+
+#[derive(sqlx::FromRow)]
+struct Key {
+    table_name: String,
+    name: String,
+    kind: String,
+    columns: Vec<String>,
+    referenced: Option<String>,
+    referenced_columns: Vec<String>,
+}
+
+/// Every unique or primary key (constraint or bare unique index) and every foreign key of the
+/// public tables, with their columns.
+const KEYS: &str = r#"
+    SELECT c.conrelid::regclass::text AS table_name, c.conname::text AS name, c.contype::text AS kind,
+           array(SELECT a.attname::text FROM unnest(c.conkey) k
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k) AS columns,
+           nullif(c.confrelid, 0)::regclass::text AS referenced,
+           array(SELECT a.attname::text FROM unnest(coalesce(c.confkey, '{}')) k
+                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k) AS referenced_columns
+    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+    WHERE t.relnamespace = 'public'::regnamespace AND c.contype IN ('p', 'u', 'x', 'f')
+    UNION ALL
+    SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, 'u',
+           array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) k
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k), NULL, '{}'
+    FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+    WHERE t.relnamespace = 'public'::regnamespace AND i.indisunique
+      AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)"#;
+
+#[tokio::test]
+async fn every_key_fits_the_distribution_plan() {
+    let app = TestApp::spawn().await;
+    let plan = plan();
+    assert!(plan.distributed.len() >= 5 && plan.reference.len() >= 2, "the plan is read from the migrations");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = 'public'::regnamespace",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let coordinator: BTreeSet<&str> = ON_THE_COORDINATOR.iter().map(|(table, _)| *table).collect();
+    let mut wrong = Vec::new();
+    for table in &tables {
+        let places = [
+            plan.distributed.contains_key(table),
+            plan.reference.contains(table),
+            coordinator.contains(table.as_str()),
+        ];
+        if places.iter().filter(|p| **p).count() != 1 {
+            wrong.push(format!("{table}: not in the plan exactly once"));
+        }
+    }
+    let keys: Vec<Key> = sqlx::query_as(KEYS).fetch_all(&app.pool).await.unwrap();
+    for key in &keys {
+        let Some(column) = plan.distributed.get(&key.table_name) else { continue };
+        if key.kind != "f" {
+            // Citus enforces a unique key shard by shard: only one that holds the distribution
+            // column is unique across shards.
+            if !key.columns.contains(column) {
+                wrong.push(format!(
+                    "{}: {} {:?} lacks the distribution column {column}",
+                    key.table_name, key.name, key.columns
+                ));
+            }
+            continue;
+        }
+        let referenced = key.referenced.as_deref().unwrap();
+        match plan.distributed.get(referenced) {
+            // Between distributed tables only when the distribution columns reference each other.
+            Some(referenced_column) => {
+                let paired =
+                    key.columns.iter().zip(&key.referenced_columns).any(|(c, r)| c == column && r == referenced_column);
+                if !paired {
+                    wrong.push(format!(
+                        "{}: {} does not pair {column} with {referenced}.{referenced_column}",
+                        key.table_name, key.name
+                    ));
+                }
+            }
+            None if plan.reference.contains(referenced) => {}
+            None => {
+                wrong.push(format!("{}: {} references {referenced}, which is not shared", key.table_name, key.name))
+            }
+        }
+    }
+    for key in keys.iter().filter(|k| k.kind == "f" && plan.reference.contains(&k.table_name)) {
+        let referenced = key.referenced.as_deref().unwrap();
+        if !plan.reference.contains(referenced) {
+            wrong.push(format!("{}: a reference table's {} references {referenced}", key.table_name, key.name));
+        }
+    }
+    assert!(wrong.is_empty(), "the schema does not fit the distribution plan:\n{}", wrong.join("\n"));
+}
