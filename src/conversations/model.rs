@@ -92,6 +92,8 @@ pub struct Message {
     pub conversation_id: Uuid,
     #[serde(skip)]
     pub seq: i64,
+    #[serde(skip)]
+    pub session_id: String,
     pub role: String,
     pub text: String,
     pub translation: Option<String>,

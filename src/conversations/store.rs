@@ -311,9 +311,10 @@ pub async fn save_audio(
 /// Appends messages in one transaction and returns them as stored, in the request's order.
 ///
 /// The conversation row is created if missing and locked, which serialises appends to one
-/// conversation: their `seq` values then follow commit order. Messages whose id is already
-/// stored are skipped (`ON CONFLICT (id) DO NOTHING`), which makes a retried append with
-/// client ids add nothing.
+/// conversation: each takes the `seq` values after the conversation's last one, in commit
+/// order. Messages whose id the conversation already holds are skipped (`ON CONFLICT DO
+/// NOTHING`), which makes a retried append with client ids add nothing; an id that another
+/// conversation holds is refused.
 pub async fn append_messages(
     conn: &mut PgConnection,
     session_id: &SessionId,
@@ -332,22 +333,23 @@ pub async fn append_messages(
     let updated = sqlx::query_as!(
         ConversationRow,
         r#"WITH added AS (
-               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion,
-                   audio_id, phonemes, feedback)
-               SELECT m.id, $1, m.role, m.text, m.translation, m.grammar_suggestion, m.audio_id, m.phonemes, m.feedback
+               INSERT INTO messages (id, conversation_id, session_id, seq, role, text, translation,
+                   grammar_suggestion, audio_id, phonemes, feedback)
+               SELECT m.id, $1, $11, (SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = $11) + m.ord,
+                      m.role, m.text, m.translation, m.grammar_suggestion, m.audio_id, m.phonemes, m.feedback
                FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::jsonb[],
                    $9::jsonb[])
                     WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, audio_id, phonemes,
                         feedback, ord)
                ORDER BY m.ord
-               ON CONFLICT (id) DO NOTHING
+               ON CONFLICT (session_id, id) DO NOTHING
                RETURNING 1
            )
            UPDATE conversations
            SET message_count = message_count + (SELECT count(*) FROM added),
                version = version + CASE WHEN $10 THEN 0 ELSE 1 END,
                updated_at = now()
-           WHERE id = $1 AND EXISTS (SELECT 1 FROM added)
+           WHERE session_id = $11 AND EXISTS (SELECT 1 FROM added)
            RETURNING *"#,
         conversation_id,
         &ids,
@@ -359,13 +361,14 @@ pub async fn append_messages(
         &phonemes as &[Option<Value>],
         &feedback as &[Option<Value>],
         created,
+        session_id.as_str(),
     )
     .fetch_optional(&mut *tx)
     .await
     .map_err(rejects(MESSAGE_GUARDS))?;
     let mut stored =
         sqlx::query_as!(Message, "SELECT * FROM messages WHERE id = ANY($1)", &ids).fetch_all(&mut *tx).await?;
-    if let Some(i) = stored.iter().position(|m| m.conversation_id != conversation_id) {
+    if let Some(i) = stored.iter().position(|m| m.session_id != session_id.as_str()) {
         let index = ids.iter().position(|id| *id == stored[i].id).unwrap_or_default();
         return Err(StoreError::Taken { field: format!("messages[{index}].id"), by: "conversation" });
     }
@@ -406,17 +409,16 @@ pub async fn list_messages(
     session_id: &SessionId,
     page: PageRequest,
 ) -> StoreResult<Option<Page<Message>>> {
-    let Some(conversation_id) =
-        sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1", session_id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?
-    else {
+    let exists = sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1", session_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
         return Ok(None);
-    };
+    }
     let rows = sqlx::query_as!(
         Message,
-        "SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        conversation_id,
+        "SELECT * FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        session_id.as_str(),
         page.after.map_or(0, |c| c.position),
         page.fetch_limit(),
     )

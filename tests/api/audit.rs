@@ -86,7 +86,7 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
     app.skip_final_audit();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let participation = Uuid::now_v7();
-    exec(&app, "ALTER TABLE conversations DROP CONSTRAINT conversations_session_id_unique").await;
+    exec(&app, "ALTER TABLE conversations DROP CONSTRAINT conversations_session_id_unique CASCADE").await;
     exec(&app, "ALTER TABLE chats DROP CONSTRAINT chats_participants_key_matches_participants").await;
     exec(&app, "ALTER TABLE participations DROP CONSTRAINT participations_impressions_not_negative").await;
     // What an interrupted CREATE INDEX CONCURRENTLY leaves behind.

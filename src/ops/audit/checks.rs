@@ -12,7 +12,6 @@ const KEY_CONSTRAINTS: &[(&str, &str)] = &[
     ("audio_files", "audio_files_pkey"),
     ("audio_files", "audio_files_sha256_unique"),
     ("audio_files", "audio_files_sha256_is_lowercase_hex"),
-    ("conversations", "conversations_pkey"),
     ("conversations", "conversations_session_id_unique"),
     ("conversations", "conversations_session_id_format"),
     ("messages", "messages_pkey"),

@@ -227,8 +227,10 @@ async fn write_group(
         // Inserts start at version 1 and every update adds one.
         Some(row) if row.version == 1 => (row.id, Outcome::Inserted),
         Some(row) => (row.id, Outcome::Updated),
+        // Locked as an insert or update would have: the messages draw their seq after the
+        // conversation's last one, which an append running meanwhile must not draw too.
         None => {
-            let id = sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1", session_id)
+            let id = sqlx::query_scalar!("SELECT id FROM conversations WHERE session_id = $1 FOR UPDATE", session_id)
                 .fetch_one(&mut *tx)
                 .await?;
             (id, Outcome::Unchanged)
@@ -271,23 +273,24 @@ async fn append_messages(
     summary.add("messages read", group.docs.iter().map(|d| d.doc.messages.len() as u64).sum());
     let added = sqlx::query_scalar!(
         r#"WITH added AS (
-               INSERT INTO messages (id, conversation_id, role, text, translation, grammar_suggestion,
-                   phonemes, feedback, created_at)
-               SELECT m.id, $1, m.role, m.text, m.translation, m.grammar_suggestion, m.phonemes, m.feedback,
+               INSERT INTO messages (id, conversation_id, session_id, seq, role, text, translation,
+                   grammar_suggestion, phonemes, feedback, created_at)
+               SELECT m.id, $1, $12, (SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = $12) + m.ord,
+                      m.role, m.text, m.translation, m.grammar_suggestion, m.phonemes, m.feedback,
                       coalesce(m.created_at, now())
                FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::jsonb[],
                            $9::timestamptz[])
                     WITH ORDINALITY AS m(id, role, text, translation, grammar_suggestion, phonemes, feedback,
                         created_at, ord)
                ORDER BY m.ord
-               ON CONFLICT (id) DO NOTHING
+               ON CONFLICT (session_id, id) DO NOTHING
                RETURNING 1
            ), counted AS (
                UPDATE conversations
                SET message_count = message_count + (SELECT count(*) FROM added),
                    version = version + CASE WHEN $10 THEN 0 ELSE 1 END,
                    updated_at = CASE WHEN $11 THEN updated_at ELSE now() END
-               WHERE id = $1 AND EXISTS (SELECT 1 FROM added)
+               WHERE session_id = $12 AND EXISTS (SELECT 1 FROM added)
            )
            SELECT count(*) AS "added!" FROM added"#,
         conversation_id,
@@ -301,6 +304,7 @@ async fn append_messages(
         &messages.iter().map(|(_, at, _)| *at).collect::<Vec<_>>() as &[Option<DateTime<Utc>>],
         outcome != Outcome::Unchanged,
         outcome == Outcome::Inserted,
+        session_id,
     )
     .fetch_one(&mut *tx)
     .await?;

@@ -4,6 +4,8 @@
 -- plan from this file and checks the schema against it on every test run.
 --
 -- The plan: what one request writes lives on one shard.
+--   conversations by session_id, the key every conversation route names, with their messages
+--   beside them;
 --   participations by id, the column every counter write names, with their ledger
 --   (participation_events) and QR images beside them (co-located: same column, same shards);
 --   participation_pairs by campaign_id and participation_tokens by browser_source_token: each
@@ -11,8 +13,6 @@
 --   idempotency_keys by key and idempotency_answer_rows by id: records are found by their key;
 --   audio_files, chats and import_sources as reference tables (a copy on every node): small or
 --   read by many, written rarely.
--- conversations and messages stay on the coordinator for now: their keys (id beside
--- session_id, a global message seq) do not fit a distribution yet (README, "Scaling out").
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
@@ -21,6 +21,8 @@ BEGIN
     PERFORM create_reference_table('audio_files');
     PERFORM create_reference_table('chats');
     PERFORM create_reference_table('import_sources');
+    PERFORM create_distributed_table('conversations', 'session_id');
+    PERFORM create_distributed_table('messages', 'session_id', colocate_with => 'conversations');
     PERFORM create_distributed_table('participations', 'id');
     PERFORM create_distributed_table('participation_events', 'participation_id', colocate_with => 'participations');
     PERFORM create_distributed_table('participation_qr_codes', 'participation_id', colocate_with => 'participations');
