@@ -47,18 +47,19 @@ COMMENT ON COLUMN participations.browser_source_token IS
 
 -- What keeps the keys unique is that each participation holds the rows that claim its pair and
 -- its token. A participation written around the API (psql, a restore) may lack them, and then a
--- create-or-get would not find its pair. Normally empty; `upsertd audit` reports it.
+-- create-or-get would not find its pair. Normally empty; `upsertd audit` reports it. Written
+-- with EXCEPT rather than an outer join, which a distributed database cannot run between
+-- tables split by different columns.
 CREATE VIEW participation_keys_unclaimed AS
-SELECT p.id, 'campaign_id, streamer_id' AS key_name, p.campaign_id || ',' || p.streamer_id AS key_value,
-       k.participation_id AS claimed_by
+SELECT p.id, 'campaign_id, streamer_id' AS key_name, p.campaign_id || ',' || p.streamer_id AS key_value
 FROM participations p
-LEFT JOIN participation_pairs k ON k.campaign_id = p.campaign_id AND k.streamer_id = p.streamer_id
-WHERE k.participation_id IS DISTINCT FROM p.id
+WHERE p.id IN (SELECT id FROM (SELECT campaign_id, streamer_id, id FROM participations
+                               EXCEPT SELECT campaign_id, streamer_id, participation_id FROM participation_pairs) u)
 UNION ALL
-SELECT p.id, 'browser_source_token', p.browser_source_token, t.participation_id
+SELECT p.id, 'browser_source_token', p.browser_source_token
 FROM participations p
-LEFT JOIN participation_tokens t ON t.browser_source_token = p.browser_source_token
-WHERE t.participation_id IS DISTINCT FROM p.id;
+WHERE p.id IN (SELECT id FROM (SELECT browser_source_token, id FROM participations
+                               EXCEPT SELECT browser_source_token, participation_id FROM participation_tokens) u);
 
 COMMENT ON VIEW participation_keys_unclaimed IS
-    'Participations whose pair or token is not claimed by them in participation_pairs / participation_tokens (claimed_by: who holds it instead, or NULL). Normally empty.';
+    'Participations whose pair or token no row of participation_pairs / participation_tokens claims for them. Normally empty.';

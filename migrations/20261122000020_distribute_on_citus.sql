@@ -13,6 +13,15 @@
 --   idempotency_keys by key and idempotency_answer_rows by id: records are found by their key;
 --   audio_files, chats and import_sources as reference tables (a copy on every node): small or
 --   read by many, written rarely.
+-- The operator views, in forms a distributed database can run: a correlated NOT EXISTS between
+-- tables split by different columns cannot be planned there; EXCEPT can, and plain PostgreSQL
+-- runs it as a hashed set operation.
+CREATE OR REPLACE VIEW idempotency_records_without_answer AS
+SELECT k.scope, k.method, k.path, k.key, k.response_row_id, k.completed_at
+FROM idempotency_keys k
+WHERE k.response_row_id IN (SELECT response_row_id FROM idempotency_keys WHERE response_row_id IS NOT NULL
+                            EXCEPT SELECT id FROM idempotency_answer_rows);
+
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
@@ -21,8 +30,14 @@ BEGIN
     PERFORM create_reference_table('audio_files');
     PERFORM create_reference_table('chats');
     PERFORM create_reference_table('import_sources');
+    -- Foreign keys between distributed tables are created after both are distributed, one
+    -- shard at a time within this transaction.
+    SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
+    ALTER TABLE messages DROP CONSTRAINT messages_session_id_fkey;
     PERFORM create_distributed_table('conversations', 'session_id');
     PERFORM create_distributed_table('messages', 'session_id', colocate_with => 'conversations');
+    ALTER TABLE messages ADD CONSTRAINT messages_session_id_fkey
+        FOREIGN KEY (session_id) REFERENCES conversations (session_id) ON DELETE CASCADE;
     PERFORM create_distributed_table('participations', 'id');
     PERFORM create_distributed_table('participation_events', 'participation_id', colocate_with => 'participations');
     PERFORM create_distributed_table('participation_qr_codes', 'participation_id', colocate_with => 'participations');

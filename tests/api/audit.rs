@@ -124,9 +124,9 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
     let negative = find(&report, "participations", "id", "negative counter: impressions -1");
     assert_eq!(negative.rows, [participation.to_string()]);
     // Inserted around the API: nothing claims its pair and its token, so nothing keeps them unique.
-    let unclaimed = find(&report, "participations", "campaign_id, streamer_id", "\"camp,streamer\" is claimed by no");
+    let unclaimed = find(&report, "participations", "campaign_id, streamer_id", "\"camp,streamer\" is not claimed");
     assert_eq!(unclaimed.rows, [participation.to_string()]);
-    find(&report, "participations", "browser_source_token", "is claimed by no participation");
+    find(&report, "participations", "browser_source_token", "is not claimed for it");
     find(&report, "participations", "(campaign_id, streamer_id)", "clicks is 5 but its events sum to 0");
     find(&report, "participations", "(campaign_id, streamer_id)", "impressions is -1 but its events sum to 0");
     let count = find(&report, "conversations", "session_id", "message_count is 3 but it has 0 messages");

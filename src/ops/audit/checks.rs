@@ -128,8 +128,7 @@ pub async fn negative_counters(conn: &mut PgConnection) -> anyhow::Result<Vec<Fi
 
 pub async fn unclaimed_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Finding>> {
     let rows = sqlx::query!(
-        r#"SELECT id AS "id!", key_name AS "key_name!", key_value, claimed_by
-           FROM participation_keys_unclaimed ORDER BY 1, 2"#
+        r#"SELECT id AS "id!", key_name AS "key_name!", key_value FROM participation_keys_unclaimed ORDER BY 1, 2"#
     )
     .fetch_all(conn)
     .await?;
@@ -137,8 +136,7 @@ pub async fn unclaimed_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Findi
         .into_iter()
         .map(|r| {
             let value = r.key_value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"));
-            let holder = r.claimed_by.map_or_else(|| "no participation".to_owned(), |id| id.to_string());
-            finding("participations", &r.key_name, format!("{value} is claimed by {holder}"), vec![r.id.to_string()])
+            finding("participations", &r.key_name, format!("{value} is not claimed for it"), vec![r.id.to_string()])
         })
         .collect())
 }
