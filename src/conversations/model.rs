@@ -13,7 +13,7 @@ pub const MAX_LANGUAGE_CHARS: usize = 35;
 pub const MAX_MESSAGES_PER_APPEND: usize = 50;
 
 /// A row of `conversations`, as the store reads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ConversationRow {
     pub id: Uuid,
     pub session_id: String,

@@ -177,6 +177,36 @@ async fn absent_fields_keep_and_null_clears() {
     assert_eq!(replaced["version"], 4);
 }
 
+/// Each subset of the fields save-analysis takes has an upsert statement of its own
+/// (`store::upsert_statement`; upload-audio's, which also set the audio, run in the upload
+/// tests): each changes only the fields it sends, keeps the others, and a repeat changes nothing.
+#[tokio::test]
+async fn every_subset_of_fields_is_saved_and_only_its_fields_change() {
+    let app = TestApp::spawn().await;
+    let fields = ["user_id", "language", "transcript", "analysis"];
+    let value = |field: &str, round: &str| if field == "analysis" { json!({round: true}) } else { json!(round) };
+    for bits in 0u8..16 {
+        let session = format!("shape-{bits}");
+        let sent: Vec<&str> =
+            fields.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, f)| *f).collect();
+        let mut body = json!({"session_id": session});
+        sent.iter().for_each(|field| body[*field] = value(field, "new"));
+        let mut kept = json!({"session_id": session});
+        fields.iter().for_each(|field| kept[*field] = value(field, "kept"));
+        assert_eq!(app.save_analysis(&kept).await.status(), 201);
+        let saved = app.save_analysis(&body).await;
+        assert_eq!(saved.status(), 200, "shape {bits}");
+        let saved: Value = saved.json().await.unwrap();
+        assert_eq!(saved["version"], if sent.is_empty() { 1 } else { 2 }, "shape {bits}: {saved}");
+        for field in fields {
+            let expected = value(field, if sent.contains(&field) { "new" } else { "kept" });
+            assert_eq!(saved[field], expected, "shape {bits}: {field}");
+        }
+        let repeated: Value = app.save_analysis(&body).await.json().await.unwrap();
+        assert_eq!(repeated["version"], saved["version"], "shape {bits}: a repeat changes nothing");
+    }
+}
+
 #[tokio::test]
 async fn if_match_writes_on_match_and_409s_on_mismatch_writing_nothing() {
     let app = TestApp::spawn().await;
