@@ -8,6 +8,7 @@ use cluster::{Cluster, Durability};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
+use std::borrow::Cow;
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
@@ -76,7 +77,7 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::Error as E;
         match &error {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => StoreError::Unavailable(error),
-            E::Database(db) => match db.code().unwrap_or_default().as_ref() {
+            E::Database(db) => match sqlstate(db.as_ref()).unwrap_or_default().as_ref() {
                 // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
                 c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
                     StoreError::Unavailable(error)
@@ -102,7 +103,9 @@ pub type Guards = &'static [(&'static str, &'static str)];
 pub fn rejects(guards: Guards) -> impl Fn(sqlx::Error) -> StoreError {
     move |error| {
         let field = match &error {
-            sqlx::Error::Database(db) => refused_field(guards, db.code().as_deref(), db.constraint(), db.message()),
+            sqlx::Error::Database(db) => {
+                refused_field(guards, sqlstate(db.as_ref()).as_deref(), db.constraint(), db.message())
+            }
             _ => None,
         };
         match field {
@@ -126,6 +129,28 @@ fn refused_field(guards: Guards, code: Option<&str>, constraint: Option<&str>, m
         (None, [(_, only)]) => Some(only),
         (None, _) => Some("body"),
     }
+}
+
+/// The SQLSTATE of a database error. A Citus coordinator that inserts rows through COPY (an
+/// `INSERT ... SELECT` over many shards) re-raises a worker's constraint violation as XX000,
+/// an internal error, with PostgreSQL's message: the message tells which violation it was.
+pub fn sqlstate(error: &dyn sqlx::error::DatabaseError) -> Option<Cow<'_, str>> {
+    let code = error.code()?;
+    Some(match violation_in(&code, error.message()) {
+        Some(violation) => Cow::Borrowed(violation),
+        None => code,
+    })
+}
+
+/// The constraint violation an internal error (XX000) reports in its message, if any.
+fn violation_in(code: &str, message: &str) -> Option<&'static str> {
+    const VIOLATIONS: [(&str, &str); 4] = [
+        ("duplicate key value violates unique constraint", "23505"),
+        ("violates check constraint", "23514"),
+        ("violates foreign key constraint", "23503"),
+        ("violates not-null constraint", "23502"),
+    ];
+    (code == "XX000").then(|| VIOLATIONS.iter().find(|(text, _)| message.contains(text)).map(|(_, c)| *c)).flatten()
 }
 
 /// The constraint a database error names: its constraint field or, when a Citus coordinator
@@ -272,6 +297,16 @@ mod tests {
         // Not a refusal, or a statement that guards nothing: as any database error.
         assert_eq!(refused_field(GUARDS, Some("23505"), Some("t_clicks_not_negative"), ""), None);
         assert_eq!(refused_field(&[], check, Some("t_clicks_not_negative"), ""), None);
+    }
+
+    #[test]
+    fn a_violation_citus_reports_as_an_internal_error_is_known_by_its_message() {
+        let unique = r#"duplicate key value violates unique constraint "idempotency_keys_pkey_102261""#;
+        assert_eq!(violation_in("XX000", unique), Some("23505"));
+        let check = r#"new row for relation "t_1" violates check constraint "t_clicks_not_negative_1""#;
+        assert_eq!(violation_in("XX000", check), Some("23514"));
+        assert_eq!(violation_in("XX000", "cache lookup failed"), None, "another internal error stays one");
+        assert_eq!(violation_in("23505", unique), None, "a proper SQLSTATE is kept");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::model::{Delta, Overlay, Participation, Prefix};
 use crate::coalesce::Lookup;
-use crate::db::{is_constraint, named_constraint, rejects, vanished, Guards, StoreResult};
+use crate::db::{is_constraint, named_constraint, rejects, sqlstate, vanished, Guards, StoreResult};
 use crate::domain::{BrowserSourceToken, ParticipantId};
 use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
 use crate::reply::Outcome;
@@ -268,7 +268,7 @@ pub async fn apply(
         // A unique violation that names no constraint (Citus may drop the name) can only be
         // this one too: no other row the statement inserts has a key a client chooses.
         Err(sqlx::Error::Database(e))
-            if e.code().as_deref() == Some("23505")
+            if sqlstate(e.as_ref()).as_deref() == Some("23505")
                 && named_constraint(e.as_ref()).is_none_or(|named| is_constraint(named, "idempotency_keys_pkey")) =>
         {
             return Ok(Err(KeyHeld))
