@@ -44,13 +44,10 @@ async fn conversations_merge_by_session_id_with_messages_once_in_timestamp_order
     assert_eq!(summary.fixed.get("missing or null sessionId given a fresh one"), Some(&2));
     assert_eq!(app.count("SELECT count(*) FROM conversations").await, 4);
 
-    let texts: Vec<String> = sqlx::query_scalar(
-        "SELECT m.text FROM messages m JOIN conversations c ON c.id = m.conversation_id
-         WHERE c.session_id = 's-1' ORDER BY m.seq",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let texts: Vec<String> = sqlx::query_scalar("SELECT text FROM messages WHERE session_id = 's-1' ORDER BY seq")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(texts, ["hello", "how are you", "hi", "fine"], "the union, each once, in timestamp order");
     let s1: (i64, Option<String>, Option<String>, i64) = sqlx::query_as(
         "SELECT message_count, transcript, user_id, version FROM conversations WHERE session_id = 's-1'",
