@@ -77,6 +77,11 @@ pub async fn constraints(conn: &mut PgConnection) -> anyhow::Result<Vec<Finding>
     Ok(findings)
 }
 
+/// A key value as a finding shows it.
+fn quoted(value: Option<String>) -> String {
+    value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"))
+}
+
 pub async fn duplicate_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Finding>> {
     let rows = sqlx::query!(
         r#"SELECT table_name AS "table_name!", key_name AS "key_name!", key_value, row_count AS "row_count!",
@@ -88,7 +93,7 @@ pub async fn duplicate_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Findi
     Ok(rows
         .into_iter()
         .map(|r| {
-            let value = r.key_value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"));
+            let value = quoted(r.key_value);
             finding(&r.table_name, &r.key_name, format!("{value} is held by {} rows", r.row_count), r.row_ids)
         })
         .collect())
@@ -141,8 +146,8 @@ pub async fn unclaimed_keys(conn: &mut PgConnection) -> anyhow::Result<Vec<Findi
     Ok(rows
         .into_iter()
         .map(|r| {
-            let value = r.key_value.map_or_else(|| "null".to_owned(), |v| format!("{v:?}"));
-            finding("participations", &r.key_name, format!("{value} is not claimed for it"), vec![r.id.to_string()])
+            let problem = format!("{} is not claimed for it", quoted(r.key_value));
+            finding("participations", &r.key_name, problem, vec![r.id.to_string()])
         })
         .collect())
 }
