@@ -92,6 +92,16 @@ pub const WORKLOADS: &[Workload] = &[
         pgbench: Some("chats.sql"),
     },
     Workload {
+        name: "participations",
+        about: "POST /api/participations create-or-get over 1,000 (campaign, streamer) pairs",
+        pgbench: Some("participations.sql"),
+    },
+    Workload {
+        name: "conversations",
+        about: "POST /api/conversations create-or-get over 1,000 session ids",
+        pgbench: Some("conversations.sql"),
+    },
+    Workload {
         name: "clicks",
         about: "POST /api/participations/{id}/clicks {\"type\":\"chat\"} on one hot participation, no Idempotency-Key",
         pgbench: Some("clicks.sql"),
@@ -331,6 +341,18 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
         "chats" => Arc::new(move |n| {
             let g = n % 1000;
             Req::json("/api/chats", format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#), None)
+        }),
+        "participations" => Arc::new(move |n| {
+            let g = n % 1000;
+            Req::json(
+                "/api/participations",
+                format!(r#"{{"campaign_id":"c-{run}-{g}","streamer_id":"s-{run}"}}"#),
+                None,
+            )
+        }),
+        "conversations" => Arc::new(move |n| {
+            let g = n % 1000;
+            Req::json("/api/conversations", format!(r#"{{"session_id":"cg-{run}-{g}"}}"#), None)
         }),
         "clicks" | "clicks-keyed" => {
             let Some(id) = participation(ctx)?.0 else { return Ok(None) };
