@@ -192,11 +192,13 @@ pub trait Lookup: 'static {
     /// What is read, for the log.
     const WHAT: &'static str;
 
-    /// The rows of these keys, in any order.
-    ///
-    /// One key should take a one-key statement: PostgreSQL plans `= ANY($1)` again on every
-    /// call (its custom plan looks cheaper than the generic one), 32 µs each measured, where
-    /// `= $1` keeps its generic plan; a batch of one should cost no more than a read of its own.
+    /// The row of one key: a batch of one takes this one-key statement. PostgreSQL plans
+    /// `= ANY($1)` again on every call (its custom plan looks cheaper than the generic one),
+    /// 32 µs each measured, where `= $1` keeps its generic plan; a batch of one should cost no
+    /// more than a read of its own.
+    fn find_one(conn: &mut PgConnection, key: &Self::Key) -> impl Future<Output = StoreResult<Option<Self::Row>>>;
+
+    /// The rows of these keys (two or more), in any order.
     fn find_many(conn: &mut PgConnection, keys: &[&Self::Key]) -> impl Future<Output = StoreResult<Vec<Self::Row>>>;
 
     fn key_of(row: &Self::Row) -> Self::Key;
@@ -246,8 +248,11 @@ impl<L: Lookup> Reads<L> {
 async fn read<L: Lookup>(pool: &PgPool, jobs: Vec<Job<L::Key, Found<L>>>) {
     let statement = async |keys: &[&L::Key]| {
         let mut conn = crate::db::acquire(pool).await?;
-        let found: HashMap<L::Key, L::Row> =
-            L::find_many(&mut conn, keys).await?.into_iter().map(|row| (L::key_of(&row), row)).collect();
+        let rows = match keys {
+            [key] => L::find_one(&mut conn, key).await?.into_iter().collect(),
+            _ => L::find_many(&mut conn, keys).await?,
+        };
+        let found: HashMap<L::Key, L::Row> = rows.into_iter().map(|row| (L::key_of(&row), row)).collect();
         Ok(keys.iter().map(|key| found.get(*key).cloned()).collect())
     };
     settle(jobs, statement, L::WHAT).await;

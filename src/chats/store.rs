@@ -39,10 +39,11 @@ impl Lookup for ByKey {
     type Row = Chat;
     const WHAT: &'static str = "chat read";
 
+    async fn find_one(conn: &mut PgConnection, key: &String) -> StoreResult<Option<Chat>> {
+        find_by_key(conn, key).await
+    }
+
     async fn find_many(conn: &mut PgConnection, keys: &[&String]) -> StoreResult<Vec<Chat>> {
-        if let [key] = keys {
-            return Ok(find_by_key(conn, key).await?.into_iter().collect());
-        }
         Ok(sqlx::query_as!(
             Chat,
             "SELECT id, participants, participants_key, created_at FROM chats WHERE participants_key = ANY($1)",

@@ -32,19 +32,21 @@ impl Lookup for BySessionId {
     type Row = Conversation;
     const WHAT: &'static str = "conversation read";
 
+    async fn find_one(conn: &mut PgConnection, session_id: &String) -> StoreResult<Option<Conversation>> {
+        match find_row(conn, session_id).await? {
+            Some(row) => Ok(Some(with_audio(conn, row).await?)),
+            None => Ok(None),
+        }
+    }
+
     async fn find_many(conn: &mut PgConnection, session_ids: &[&String]) -> StoreResult<Vec<Conversation>> {
-        let rows = match session_ids {
-            [session_id] => find_row(conn, session_id).await?.into_iter().collect(),
-            _ => {
-                sqlx::query_as!(
-                    ConversationRow,
-                    "SELECT * FROM conversations WHERE session_id = ANY($1)",
-                    session_ids as &[&String]
-                )
-                .fetch_all(&mut *conn)
-                .await?
-            }
-        };
+        let rows = sqlx::query_as!(
+            ConversationRow,
+            "SELECT * FROM conversations WHERE session_id = ANY($1)",
+            session_ids as &[&String]
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         with_audios(conn, rows).await
     }
 
@@ -215,10 +217,7 @@ fn upsert_statement(shape: Shape) -> &'static str {
 const UPSERT_FIELDS: [&str; 5] = ["user_id", "language", "transcript", "analysis", "audio_id"];
 
 pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<Conversation>> {
-    match find_row(conn, session_id.as_str()).await? {
-        Some(row) => Ok(Some(with_audio(conn, row).await?)),
-        None => Ok(None),
-    }
+    BySessionId::find_one(conn, &session_id.as_str().to_owned()).await
 }
 
 async fn find_row(conn: &mut PgConnection, session_id: &str) -> StoreResult<Option<ConversationRow>> {

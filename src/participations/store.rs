@@ -19,10 +19,14 @@ impl Lookup for ByPair {
     type Row = Participation;
     const WHAT: &'static str = "participation read";
 
+    async fn find_one(
+        conn: &mut PgConnection,
+        (campaign, streamer): &(String, String),
+    ) -> StoreResult<Option<Participation>> {
+        find_by_pair(conn, campaign, streamer).await
+    }
+
     async fn find_many(conn: &mut PgConnection, pairs: &[&(String, String)]) -> StoreResult<Vec<Participation>> {
-        if let [(campaign, streamer)] = pairs {
-            return Ok(find_by_pair(conn, campaign, streamer).await?.into_iter().collect());
-        }
         let (campaigns, streamers): (Vec<&str>, Vec<&str>) =
             pairs.iter().map(|(c, s)| (c.as_str(), s.as_str())).unzip();
         Ok(sqlx::query_as!(
