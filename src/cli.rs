@@ -100,7 +100,7 @@ async fn serve_with(settings: &Settings, database: &Database) -> anyhow::Result<
         database.migrate().await?;
     }
     let pool = database.pool(settings);
-    let app = Application::build(settings, pool.clone()).context("cannot start the HTTP server")?;
+    let app = Application::build(settings, pool.clone()).await.context("cannot start the HTTP server")?;
     println!("upsertd listening on http://{}", app.address());
     println!("database: {}", database.display);
     let server = app.handle();

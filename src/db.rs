@@ -1,6 +1,7 @@
 //! The database: where it is (a `DATABASE_URL` or our own cluster), the pool, migrations.
 
 pub mod cluster;
+pub mod shards;
 
 use crate::settings::Settings;
 use anyhow::Context;

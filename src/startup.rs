@@ -8,6 +8,7 @@ use crate::conversations::batcher as conversations_batcher;
 use crate::conversations::routes as conversations;
 use crate::conversations::stt::Stt;
 use crate::cors;
+use crate::db::shards::Shards;
 use crate::error::{problem_fallback, ApiError};
 use crate::extract::JsonConfig;
 use crate::idempotency::{self, Claims, IdempotencyConfig, Keys};
@@ -35,7 +36,7 @@ pub struct Application {
 impl Application {
     /// Binds `settings.bind` (port 0 picks a free port) and builds the server; it runs once
     /// [`Application::run_until_stopped`] is awaited.
-    pub fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
         let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
@@ -57,13 +58,13 @@ impl Application {
                 .to_owned(),
         ));
         // Coalescers are shared by the workers: a lane holds the writes of one row, whichever
-        // worker they came through.
+        // worker they came through, and on Citus of one shard.
         let counters = participations_batcher::Batcher::default();
-        let upserts = conversations_batcher::Batcher::default();
+        let upserts = conversations_batcher::Batcher::new(Shards::of(&pool, "conversations").await);
         let chat_reads = Reads::<crate::chats::store::ByKey>::default();
         let participation_reads = Reads::<crate::participations::store::ByPair>::default();
         let conversation_reads = Reads::<crate::conversations::store::BySessionId>::default();
-        let claims = Claims::default();
+        let claims = Claims::new(Shards::of(&pool, "idempotency_keys").await);
         // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
         let max_connections = pool.options().get_max_connections().max(1);
         // Each worker has a pool of its own, and at least one connection in it: no more

@@ -6,10 +6,12 @@
 //! goes out at once and those that arrive meanwhile go out together, each answered after the
 //! commit that holds it with the same row and outcome it would have got alone. Keyed and
 //! conditional upserts run in their own transaction (their records and checks belong to it).
+//! On Citus a lane also holds one shard's session ids only ([`Shards`]).
 
 use super::model::{AnalysisUpsert, Conversation, Shape};
 use super::store;
 use crate::coalesce::{self, Lanes};
+use crate::db::shards::Shards;
 use crate::error::ApiResult;
 use crate::reply::Outcome;
 use sqlx::PgPool;
@@ -22,16 +24,16 @@ type Job = coalesce::Job<AnalysisUpsert, Answer>;
 
 #[derive(Clone)]
 pub struct Batcher {
-    lanes: Lanes<Shape, AnalysisUpsert, Answer>,
-}
-
-impl Default for Batcher {
-    fn default() -> Self {
-        Self { lanes: Lanes::new(IN_FLIGHT) }
-    }
+    lanes: Lanes<(Shape, usize), AnalysisUpsert, Answer>,
+    /// The shards of `conversations`.
+    shards: Shards,
 }
 
 impl Batcher {
+    pub fn new(shards: Shards) -> Self {
+        Self { lanes: Lanes::new(IN_FLIGHT), shards }
+    }
+
     pub async fn upsert(&self, pool: &PgPool, input: AnalysisUpsert) -> Answer {
         debug_assert!(input.expected_version.is_none(), "If-Match runs in its own transaction");
         let pool = pool.clone();
@@ -43,7 +45,8 @@ impl Batcher {
                 }
             }
         };
-        self.lanes.submit(input.shape(), input, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
+        let lane = (input.shape(), self.shards.of_text(input.session_id.as_str()));
+        self.lanes.submit(lane, input, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
     }
 }
 

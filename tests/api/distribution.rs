@@ -131,3 +131,38 @@ async fn every_key_fits_the_distribution_plan() {
     }
     assert!(wrong.is_empty(), "the schema does not fit the distribution plan:\n{}", wrong.join("\n"));
 }
+
+/// The coalescers keep one lane per shard of `conversations` and of `idempotency_keys`
+/// (`upsertd::db::shards`), hashing the key as Citus does: with PostgreSQL's `hashtext`, which
+/// holds only while both tables are split by a text column.
+#[tokio::test]
+async fn lanes_hash_keys_as_postgresql_does() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::spawn().await;
+    let plan = plan();
+    for (table, column) in [("conversations", "session_id"), ("idempotency_keys", "key")] {
+        assert_eq!(plan.distributed.get(table).map(String::as_str), Some(column), "{table}'s lanes hash {column}");
+        let kind: String = sqlx::query_scalar(
+            "SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert_eq!(kind, "text", "{table}.{column}");
+    }
+    // Every length of tail, several blocks, multibyte characters.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let keys: Vec<String> = (0..2_000)
+        .map(|n| (0..n % 300).map(|_| if rng.gen_ratio(1, 8) { 'é' } else { rng.gen_range('!'..='~') }).collect())
+        .collect();
+    let theirs: Vec<i32> =
+        sqlx::query_scalar("SELECT hashtext(k) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n")
+            .bind(&keys)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let ours: Vec<i32> = keys.iter().map(|key| upsertd::db::shards::hash_text(key.as_bytes())).collect();
+    assert_eq!(ours, theirs);
+}

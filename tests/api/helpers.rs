@@ -174,11 +174,11 @@ pub struct TestApp {
     audit_at_end: bool,
 }
 
-fn start_server(pool: &PgPool, data_dir: &Path, flags: &[&str]) -> (String, actix_web::dev::ServerHandle) {
+async fn start_server(pool: &PgPool, data_dir: &Path, flags: &[&str]) -> (String, actix_web::dev::ServerHandle) {
     let data_dir_flag = data_dir.to_str().unwrap().to_owned();
     let mut args = vec!["--bind", "127.0.0.1:0", "--workers", "2", "--data-dir", &data_dir_flag];
     args.extend_from_slice(flags);
-    let app = Application::build(&Settings::from_args(args), pool.clone()).expect("the app builds");
+    let app = Application::build(&Settings::from_args(args), pool.clone()).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
@@ -205,7 +205,7 @@ impl TestApp {
             .await
             .unwrap();
         let data_dir = scratch_dir(&format!("apps/{db_name}"));
-        let (address, handle) = start_server(&pool, &data_dir, flags);
+        let (address, handle) = start_server(&pool, &data_dir, flags).await;
         let client = reqwest::Client::new();
         Self { address, client, pool, data_dir, db_name, handles: vec![handle], audit_at_end: true }
     }
@@ -217,8 +217,8 @@ impl TestApp {
 
     /// Another server on this test's database, as a second upsertd process would be (its own
     /// coalescing lanes and pools); returns its address. Stopped with the test.
-    pub fn second_server(&mut self) -> String {
-        let (address, handle) = start_server(&self.pool, &self.data_dir, &[]);
+    pub async fn second_server(&mut self) -> String {
+        let (address, handle) = start_server(&self.pool, &self.data_dir, &[]).await;
         self.handles.push(handle);
         address
     }

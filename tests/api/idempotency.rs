@@ -285,7 +285,7 @@ async fn a_counter_answer_replayed_from_its_recorded_row_is_byte_identical() {
 #[tokio::test]
 async fn a_counter_key_sent_to_two_servers_at_once_counts_once() {
     let mut app = TestApp::spawn().await;
-    let other = app.second_server();
+    let other = app.second_server().await;
     let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/participations/{id}/clicks");
     let (here, there) = (app.url(&path), format!("{other}{path}"));

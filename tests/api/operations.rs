@@ -150,7 +150,7 @@ async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() 
         .connect_lazy_with(options);
     let dir = data_dir.join("app");
     let settings = Settings::from_args(["--bind", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
-    let app = Application::build(&settings, pool).unwrap();
+    let app = Application::build(&settings, pool).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
