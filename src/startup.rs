@@ -60,11 +60,11 @@ impl Application {
         // Coalescers are shared by the workers: a lane holds the writes of one row, whichever
         // worker they came through, and on Citus of one shard.
         let counters = participations_batcher::Batcher::default();
-        let upserts = conversations_batcher::Batcher::new(Shards::of(&pool, "conversations").await);
+        let upserts = conversations_batcher::Batcher::new(Shards::load(&pool, "conversations").await);
         let chat_reads = Reads::<crate::chats::store::ByKey>::default();
         let participation_reads = Reads::<crate::participations::store::ByPair>::default();
         let conversation_reads = Reads::<crate::conversations::store::BySessionId>::default();
-        let claims = Claims::new(Shards::of(&pool, "idempotency_keys").await);
+        let claims = Claims::new(Shards::load(&pool, "idempotency_keys").await);
         // The pool's maximum (DB_MAX_CONNECTIONS), shared out among the workers' pools.
         let max_connections = pool.options().get_max_connections().max(1);
         // Each worker has a pool of its own, and at least one connection in it: no more

@@ -45,7 +45,7 @@ impl Batcher {
                 }
             }
         };
-        let lane = (input.shape(), self.shards.of_text(input.session_id.as_str()));
+        let lane = (input.shape(), self.shards.of(input.session_id.as_str().as_bytes()));
         self.lanes.submit(lane, input, run).await.unwrap_or_else(|| Err(coalesce::unanswered()))
     }
 }

@@ -9,8 +9,9 @@
 //! coalescers keep one lane per shard (README, "Scaling out").
 //!
 //! Citus places a row of a hash-distributed table by hashing its distribution column with the
-//! column type's hash function - for text, PostgreSQL's `hashtext`, Bob Jenkins' lookup3 - and
-//! finding the shard whose range holds the hash. The ranges are read once, at startup; the hash
+//! column type's hash function - for text and uuid, PostgreSQL's `hashtext` and `uuid_hash`,
+//! both Bob Jenkins' lookup3 over the value's bytes - and finding the shard whose range holds
+//! the hash. The ranges are read once, at startup; the hash
 //! is computed here, and checked against the server's own before it is trusted. On plain
 //! PostgreSQL there is one shard and nothing is hashed.
 
@@ -33,11 +34,12 @@ impl Shards {
     /// count after startup leaves lanes grouped by the old ranges: still correct, but a batch
     /// may span two shards again until upsertd restarts. Moving shards between nodes (the
     /// rebalancer) changes no range.
-    pub async fn of(pool: &PgPool, table: &str) -> Self {
+    pub async fn load(pool: &PgPool, table: &str) -> Self {
         match Self::read(pool, table).await {
             Ok(shards) => shards,
             Err(error) => {
-                tracing::warn!(%error, table, "cannot read the shards of the table; its writes coalesce as if it had one");
+                let why = "cannot read the shards of the table; its writes coalesce as if it had one";
+                tracing::warn!(%error, table, "{why}");
                 Self::one()
             }
         }
@@ -61,14 +63,21 @@ impl Shards {
         .fetch_all(&mut *conn)
         .await?;
         let probes = ["", "a", "abcd", "abcdefghijkl", "abcdefghijklm", "session-0001", "héllo wörld ✓"];
-        let theirs: Vec<i32> = sqlx::query_scalar!(
-            r#"SELECT hashtext(p) AS "hash!" FROM unnest($1::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n"#,
+        let uuids: Vec<uuid::Uuid> = (0..probes.len() as u128)
+            .map(|n| uuid::Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
+            .collect();
+        let theirs = sqlx::query!(
+            r#"SELECT hashtext(p) AS "text!", uuid_hash(u) AS "uuid!"
+               FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS t(p, u, n) ORDER BY n"#,
             &probes as &[&str],
+            &uuids,
         )
         .fetch_all(&mut *conn)
         .await?;
-        let ours: Vec<i32> = probes.iter().map(|probe| hash_text(probe.as_bytes())).collect();
-        anyhow::ensure!(ours == theirs, "the server hashes text differently (a big-endian server?)");
+        let agree = probes.iter().zip(&uuids).zip(&theirs).all(|((probe, uuid), theirs)| {
+            hash_bytes(probe.as_bytes()) == theirs.text && hash_bytes(uuid.as_bytes()) == theirs.uuid
+        });
+        anyhow::ensure!(agree, "the server hashes differently (a big-endian server?)");
         Ok(Self { lowest: lowest.into() })
     }
 
@@ -77,20 +86,21 @@ impl Shards {
         Self { lowest: lowest.into() }
     }
 
-    /// The shard (its index in the table's ranges) that holds the text `key`.
-    pub fn of_text(&self, key: &str) -> usize {
+    /// The shard (its index in the table's ranges) that holds `key`: a text's bytes, or a
+    /// uuid's 16.
+    pub fn of(&self, key: &[u8]) -> usize {
         if self.lowest.len() < 2 {
             return 0;
         }
-        let hash = hash_text(key.as_bytes());
+        let hash = hash_bytes(key);
         self.lowest.partition_point(|lowest| *lowest <= hash).saturating_sub(1)
     }
 }
 
-/// PostgreSQL's `hashtext` of a text under a deterministic collation: its `hash_bytes`, which
-/// is lookup3 (public domain) with its own seed, always finalised, read little-endian as
-/// PostgreSQL does on the machines upsertd runs on ([`Shards::of`] checks).
-pub fn hash_text(key: &[u8]) -> i32 {
+/// PostgreSQL's `hash_bytes`, as `hashtext` (a text under a deterministic collation) and
+/// `uuid_hash` apply it: lookup3 (public domain) with PostgreSQL's seed, always finalised, read
+/// little-endian as PostgreSQL does on the machines upsertd runs on ([`Shards::load`] checks).
+pub fn hash_bytes(key: &[u8]) -> i32 {
     let seed = 0x9e37_79b9_u32.wrapping_add(key.len() as u32).wrapping_add(3_923_095);
     let (mut a, mut b, mut c) = (seed, seed, seed);
     let word = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("four bytes"));
@@ -157,7 +167,7 @@ mod tests {
             (&long, 1341586837),
         ];
         for (text, hash) in known {
-            assert_eq!(hash_text(text.as_bytes()), hash, "hashtext({text:?})");
+            assert_eq!(hash_bytes(text.as_bytes()), hash, "hashtext({text:?})");
         }
     }
 
@@ -167,11 +177,11 @@ mod tests {
         let shards = Shards::split_at(vec![i32::MIN, -(1 << 30), 0, 1 << 30]);
         // hashtext: "a" 1075015857, "abc" -785388649, "abcd" -393934804, "" -1477818771,
         // "abcdefghijklm" 405849808.
-        assert_eq!(shards.of_text("a"), 3);
-        assert_eq!(shards.of_text("abc"), 1);
-        assert_eq!(shards.of_text("abcd"), 1);
-        assert_eq!(shards.of_text(""), 0);
-        assert_eq!(shards.of_text("abcdefghijklm"), 2);
-        assert_eq!(Shards::one().of_text("a"), 0, "one shard: everything in it");
+        assert_eq!(shards.of(b"a"), 3);
+        assert_eq!(shards.of(b"abc"), 1);
+        assert_eq!(shards.of(b"abcd"), 1);
+        assert_eq!(shards.of(b""), 0);
+        assert_eq!(shards.of(b"abcdefghijklm"), 2);
+        assert_eq!(Shards::one().of(b"a"), 0, "one shard: everything in it");
     }
 }

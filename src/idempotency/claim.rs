@@ -18,6 +18,9 @@ pub struct Claim {
     pub key: String,
     pub method: String,
     pub path: String,
+    /// Where the record lives (`idempotency_keys.shard`, migration 21): beside the row the
+    /// route names (`Keys::beside`, in the guard), or a place drawn from the key.
+    pub shard: uuid::Uuid,
     pub claim_id: uuid::Uuid,
     /// Claimed by the write itself, in the statement of its effect (the coalesced counters),
     /// rather than before the handler runs.

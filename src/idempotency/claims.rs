@@ -40,7 +40,7 @@ impl Claims {
         };
         let won = self
             .lanes
-            .submit(self.shards.of_text(&claim.key), claim.clone(), run)
+            .submit(self.shards.of(claim.shard.as_bytes()), claim.clone(), run)
             .await
             .unwrap_or_else(|| Err(coalesce::unanswered()))?;
         if won {

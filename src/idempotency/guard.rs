@@ -66,15 +66,19 @@ pub struct Keys {
     pub claimed_in_statement: bool,
     /// A multipart body (upload-audio): the larger limit, and the boundary is not fingerprinted.
     pub multipart: bool,
+    /// The route parameter naming the row whose statement records the key: its record lives
+    /// beside that row (on Citus, on its shard), so record and effect commit on one shard.
+    pub beside: Option<&'static str>,
 }
 
 impl Keys {
     /// A JSON write whose key is claimed before its handler runs.
-    pub const JSON: Keys = Keys { claimed_in_statement: false, multipart: false };
+    pub const JSON: Keys = Keys { claimed_in_statement: false, multipart: false, beside: None };
     /// A multipart upload, claimed before its handler runs.
-    pub const MULTIPART: Keys = Keys { claimed_in_statement: false, multipart: true };
-    /// A coalesced counter write, whose batch statement records the key.
-    pub const IN_STATEMENT: Keys = Keys { claimed_in_statement: true, multipart: false };
+    pub const MULTIPART: Keys = Keys { claimed_in_statement: false, multipart: true, beside: None };
+    /// A coalesced counter write, whose batch statement records the key beside the
+    /// participation it counts for.
+    pub const IN_STATEMENT: Keys = Keys { claimed_in_statement: true, multipart: false, beside: Some("id") };
 }
 
 /// The guard as a route's middleware (`web::post().to(handler).wrap(keys(Keys::JSON))`).
@@ -122,6 +126,7 @@ async fn guard(
     req.set_payload(Payload::from(body));
     let claim = Claim {
         scope: req.extensions().get::<Scope>().map(|s| s.0.clone()).unwrap_or_default(),
+        shard: shard(policy, &req, key.as_str()),
         key: key.as_str().to_owned(),
         method: req.method().to_string(),
         path: target,
@@ -157,6 +162,18 @@ fn routed_target(req: &ServiceRequest) -> String {
         routed.to_owned()
     } else {
         format!("sha256:{}", hex::encode(Sha256::digest(routed.as_bytes())))
+    }
+}
+
+/// Where the key's record lives: the id of the row the route names, when the path spells it in
+/// the canonical 36-character form (migration 21 reads the paths of older records by the same
+/// rule), else the first 16 bytes of the key's SHA-256. A function of the routed path and the
+/// key, as the record's primary key requires.
+fn shard(policy: Keys, req: &ServiceRequest, key: &str) -> uuid::Uuid {
+    let beside = policy.beside.and_then(|name| req.match_info().get(name)).filter(|id| id.len() == 36);
+    match beside.and_then(|id| uuid::Uuid::try_parse(id).ok()) {
+        Some(id) => id,
+        None => uuid::Uuid::from_slice(&Sha256::digest(key.as_bytes())[..16]).expect("16 bytes"),
     }
 }
 

@@ -43,6 +43,7 @@ pub struct ClaimColumns<'a> {
     pub key: Vec<&'a str>,
     pub method: Vec<&'a str>,
     pub path: Vec<&'a str>,
+    pub shard: Vec<Uuid>,
     pub fingerprint: Vec<&'a [u8]>,
     pub claim_id: Vec<Uuid>,
 }
@@ -55,6 +56,7 @@ impl<'a> ClaimColumns<'a> {
             key: text(|c| &c.key),
             method: text(|c| &c.method),
             path: text(|c| &c.path),
+            shard: claims.iter().map(|c| c.shard).collect(),
             fingerprint: claims.iter().map(|c| c.fingerprint.as_slice()).collect(),
             claim_id: claims.iter().map(|c| c.claim_id).collect(),
         }
@@ -79,15 +81,15 @@ pub async fn claim_many(
     let columns = ClaimColumns::of(claims);
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
-               (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
+               (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
                 response_status, response_headers, response_body, completed_at)
-           SELECT scope, key, method, path, fingerprint, claim_id,
+           SELECT scope, key, method, path, shard, fingerprint, claim_id,
                   now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000),
                   $9::int2, $10::jsonb, $11::bytea, CASE WHEN $9::int2 IS NOT NULL THEN now() END
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[])
-                AS i (scope, key, method, path, fingerprint, claim_id)
-           ORDER BY key, path, method, scope
-           ON CONFLICT (scope, method, path, key) DO UPDATE
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[], $12::uuid[])
+                AS i (scope, key, method, path, fingerprint, claim_id, shard)
+           ORDER BY key, path, method, scope, shard
+           ON CONFLICT (scope, method, path, key, shard) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
                response_status = EXCLUDED.response_status, response_headers = EXCLUDED.response_headers,
@@ -107,6 +109,7 @@ pub async fn claim_many(
         answer.map(|a| a.status as i16),
         answer.map(|a| serde_json::to_value(&a.headers).expect("header pairs serialise")),
         answer.map(|a| a.body.as_slice()),
+        &columns.shard,
     )
     .fetch_all(conn)
     .await?)
@@ -139,11 +142,12 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
         r#"SELECT fingerprint, response_status, response_headers, response_body, response_row_id, response_row_patch,
                   extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
            FROM idempotency_keys
-           WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4"#,
+           WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND shard = $5"#,
         claim.scope,
         claim.method,
         claim.path,
         claim.key,
+        claim.shard,
     )
     .fetch_optional(pool)
     .await?
@@ -154,8 +158,9 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     if row.fingerprint != claim.fingerprint {
         return Ok(Claimed::Mismatch);
     }
-    // The answer row in a statement of its own: a join of the two tables could not run on a
-    // distributed database, where they are split by different columns (README, "Scaling out").
+    // The answer row in a statement of its own, by its id alone: it lives beside its
+    // participation, which is the record's shard only when the path spelled the id in its
+    // canonical form (`guard::shard`). On Citus a replay asks every shard; a replay is rare.
     let recorded = match row.response_row_id {
         Some(id) => {
             sqlx::query_scalar!("SELECT participation FROM idempotency_answer_rows WHERE id = $1", id)
@@ -186,21 +191,22 @@ pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<
     let columns = ClaimColumns::of(claims);
     Ok(sqlx::query_scalar!(
         r#"WITH i AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[])
-                   AS i (scope, key, method, path, claim_id)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[])
+                   AS i (scope, key, method, path, claim_id, shard)
            ), freed AS (
                DELETE FROM idempotency_keys k USING i
-               WHERE (k.scope, k.method, k.path, k.key) = (i.scope, i.method, i.path, i.key)
+               WHERE (k.scope, k.method, k.path, k.key, k.shard) = (i.scope, i.method, i.path, i.key, i.shard)
                  AND (k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now()))
                RETURNING i.claim_id
            )
-           SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (scope, method, path, key)
+           SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (scope, method, path, key, shard)
            WHERE i.claim_id NOT IN (SELECT claim_id FROM freed)"#,
         &columns.scope as &[&str],
         &columns.key as &[&str],
         &columns.method as &[&str],
         &columns.path as &[&str],
         &columns.claim_id,
+        &columns.shard,
     )
     .fetch_all(conn)
     .await?)
@@ -229,7 +235,7 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
     let stored = sqlx::query!(
         "UPDATE idempotency_keys
          SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
-         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5",
+         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5 AND shard = $9",
         claim.scope,
         claim.method,
         claim.path,
@@ -238,6 +244,7 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
         response.status as i16,
         serde_json::to_value(&response.headers).expect("header pairs serialise"),
         response.body,
+        claim.shard,
     )
     .execute(conn)
     .await?;
@@ -248,11 +255,13 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
 pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
     sqlx::query!(
         "DELETE FROM idempotency_keys
-         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5 AND response_status IS NULL",
+         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND shard = $5 AND claim_id = $6
+           AND response_status IS NULL",
         claim.scope,
         claim.method,
         claim.path,
         claim.key,
+        claim.shard,
         claim.claim_id,
     )
     .execute(pool)
@@ -280,17 +289,17 @@ pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
         let deleted = sqlx::query!(
             r#"WITH records AS (
                    DELETE FROM idempotency_keys k
-                   USING (SELECT key, path, method, scope FROM idempotency_keys
+                   USING (SELECT key, path, method, scope, shard FROM idempotency_keys
                           WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
                           LIMIT $1) expired
                    WHERE k.key = expired.key AND k.path = expired.path AND k.method = expired.method
-                     AND k.scope = expired.scope
+                     AND k.scope = expired.scope AND k.shard = expired.shard
                      AND k.expires_at < now() AND (k.response_status IS NOT NULL OR k.locked_until < now())
                    RETURNING 1
                ), answer_rows AS (
                    DELETE FROM idempotency_answer_rows a
-                   USING (SELECT id FROM idempotency_answer_rows WHERE expires_at < now() LIMIT $1) expired
-                   WHERE a.id = expired.id
+                   USING (SELECT id, shard FROM idempotency_answer_rows WHERE expires_at < now() LIMIT $1) expired
+                   WHERE a.id = expired.id AND a.shard = expired.shard
                    RETURNING 1
                )
                SELECT (SELECT count(*) FROM records) AS "records!",

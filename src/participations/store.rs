@@ -211,23 +211,23 @@ pub async fn apply(
                FROM moved, d
                ORDER BY d.n
            ), answer AS (
-               INSERT INTO idempotency_answer_rows (id, participation, expires_at)
-               SELECT gen_random_uuid(), to_jsonb(b) || jsonb_build_object('updated_at', now()),
+               INSERT INTO idempotency_answer_rows (id, shard, participation, expires_at)
+               SELECT gen_random_uuid(), b.id, to_jsonb(b) || jsonb_build_object('updated_at', now()),
                       now() + make_interval(secs => $16::float8 / 1000)
                FROM before b
                WHERE cardinality($11::text[]) > 0 AND EXISTS (SELECT FROM moved)
                RETURNING id, expires_at
            ), recorded AS (
                INSERT INTO idempotency_keys
-                   (scope, key, method, path, fingerprint, claim_id, locked_until, expires_at,
+                   (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
                     response_status, response_row_id, response_row_patch, completed_at)
-               SELECT i.scope, i.key, i.method, i.path, i.fingerprint, i.claim_id, now(), answer.expires_at,
+               SELECT i.scope, i.key, i.method, i.path, i.shard, i.fingerprint, i.claim_id, now(), answer.expires_at,
                       $17::int2, answer.id, i.patch, now()
                FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[],
-                           $27::jsonb[])
-                        AS i (scope, key, method, path, fingerprint, claim_id, patch),
+                           $27::jsonb[], $28::uuid[])
+                        AS i (scope, key, method, path, fingerprint, claim_id, patch, shard),
                     answer
-               ORDER BY i.key, i.path, i.method, i.scope
+               ORDER BY i.key, i.path, i.method, i.scope, i.shard
            )
            SELECT b.id AS "id!", b.campaign_id AS "campaign_id!", b.streamer_id AS "streamer_id!",
                   b.browser_source_token AS "browser_source_token!", b.impressions AS "impressions!",
@@ -265,6 +265,7 @@ pub async fn apply(
         total.viewers,
         total.peak,
         &patches,
+        &keys.shard,
     )
     .fetch_optional(conn)
     .await;

@@ -4,6 +4,7 @@
 
 use crate::helpers::TestApp;
 use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
 
 /// Tables the plan leaves on the coordinator: sqlx's own bookkeeping.
 const ON_THE_COORDINATOR: &[&str] = &["_sqlx_migrations"];
@@ -30,13 +31,18 @@ fn calls(sql: &str, function: &str) -> Vec<Vec<String>> {
 
 fn plan() -> Plan {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    let mut sql = String::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        sql += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).collect();
+    files.sort();
+    let (mut distributed, mut reference) = (BTreeMap::new(), BTreeSet::new());
+    // In migration order: a later `alter_distributed_table` moves a table to another column.
+    for file in files {
+        let sql = std::fs::read_to_string(file).unwrap();
+        for function in ["create_distributed_table", "alter_distributed_table"] {
+            distributed.extend(calls(&sql, function).into_iter().map(|a| (a[0].clone(), a[1].clone())));
+        }
+        reference.extend(calls(&sql, "create_reference_table").into_iter().map(|a| a[0].clone()));
     }
-    let distributed = calls(&sql, "create_distributed_table").into_iter().map(|a| (a[0].clone(), a[1].clone()));
-    let reference = calls(&sql, "create_reference_table").into_iter().map(|a| a[0].clone());
-    Plan { distributed: distributed.collect(), reference: reference.collect() }
+    Plan { distributed, reference }
 }
 
 #[derive(sqlx::FromRow)]
@@ -133,16 +139,16 @@ async fn every_key_fits_the_distribution_plan() {
 }
 
 /// The coalescers keep one lane per shard of `conversations` and of `idempotency_keys`
-/// (`upsertd::db::shards`), hashing the key as Citus does: with PostgreSQL's `hashtext`, which
-/// holds only while both tables are split by a text column.
+/// (`upsertd::db::shards`), hashing the key as Citus does: with PostgreSQL's `hashtext` and
+/// `uuid_hash`, which holds only while the tables are split by these columns of these types.
 #[tokio::test]
 async fn lanes_hash_keys_as_postgresql_does() {
     use rand::{Rng, SeedableRng};
     let app = TestApp::spawn().await;
     let plan = plan();
-    for (table, column) in [("conversations", "session_id"), ("idempotency_keys", "key")] {
+    for (table, column, kind) in [("conversations", "session_id", "text"), ("idempotency_keys", "shard", "uuid")] {
         assert_eq!(plan.distributed.get(table).map(String::as_str), Some(column), "{table}'s lanes hash {column}");
-        let kind: String = sqlx::query_scalar(
+        let found: String = sqlx::query_scalar(
             "SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2",
         )
         .bind(table)
@@ -150,19 +156,24 @@ async fn lanes_hash_keys_as_postgresql_does() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        assert_eq!(kind, "text", "{table}.{column}");
+        assert_eq!(found, kind, "{table}.{column}");
     }
     // Every length of tail, several blocks, multibyte characters.
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
     let keys: Vec<String> = (0..2_000)
         .map(|n| (0..n % 300).map(|_| if rng.gen_ratio(1, 8) { 'é' } else { rng.gen_range('!'..='~') }).collect())
         .collect();
-    let theirs: Vec<i32> =
-        sqlx::query_scalar("SELECT hashtext(k) FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n")
-            .bind(&keys)
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    let ours: Vec<i32> = keys.iter().map(|key| upsertd::db::shards::hash_text(key.as_bytes())).collect();
+    let uuids: Vec<Uuid> = (0..2_000).map(|_| Uuid::from_u128(rng.gen())).collect();
+    let theirs: Vec<(i32, i32)> = sqlx::query_as(
+        "SELECT hashtext(k), uuid_hash(u) FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS t(k, u, n) ORDER BY n",
+    )
+    .bind(&keys)
+    .bind(&uuids)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let hash = upsertd::db::shards::hash_bytes;
+    let ours: Vec<(i32, i32)> =
+        keys.iter().zip(&uuids).map(|(key, id)| (hash(key.as_bytes()), hash(id.as_bytes()))).collect();
     assert_eq!(ours, theirs);
 }

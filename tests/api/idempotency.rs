@@ -421,3 +421,68 @@ async fn a_crash_mid_load_loses_no_click_and_counts_none_twice() {
     crate::cluster::terminate(&mut server);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Each record lives where Citus would keep it beside its effect (`idempotency_keys.shard`,
+/// migration 21): a counter write's record and answer row beside its participation, any other
+/// record at a place drawn from its key. Migration 21 derives the place of records written
+/// before it by the rule the server looks them up by: re-derived by the migration's own
+/// statements, every record still replays.
+#[tokio::test]
+async fn records_live_beside_their_rows_and_migration_21_places_old_ones_where_they_are_found() {
+    use sha2::{Digest, Sha256};
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let canonical = app.url(&format!("/api/participations/{id}/clicks"));
+    let upper = app.url(&format!("/api/participations/{}/clicks", id.to_uppercase()));
+    let simple = app.url(&format!("/api/participations/{}/clicks", id.replace('-', "")));
+    let chats = app.url("/api/chats");
+    let requests: [(&str, &str, Value); 5] = [
+        (&canonical, "click", json!({"type": "chat"})),
+        (&upper, "click-upper", json!({"type": "qr"})),
+        (&simple, "click-simple", json!({"type": "link"})),
+        (&canonical, "refused", json!({"type": "bogus"})),
+        (&chats, "chat", json!({"participants": ["p", "q"]})),
+    ];
+    let mut first = Vec::new();
+    for (url, key, body) in &requests {
+        first.push(send_keyed(&app.client, url, key, body).await);
+    }
+    assert_eq!(first.iter().map(|a| a.status).collect::<Vec<_>>(), [200, 200, 200, 422, 201]);
+    let from_key = |key: &str| uuid::Uuid::from_slice(&Sha256::digest(key.as_bytes())[..16]).unwrap();
+    let participation = uuid::Uuid::parse_str(&id).unwrap();
+    let shard_of = |key: &'static str| {
+        sqlx::query_scalar::<_, uuid::Uuid>("SELECT shard FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(&app.pool)
+    };
+    assert_eq!(shard_of("click").await.unwrap(), participation, "beside the participation");
+    assert_eq!(shard_of("click-upper").await.unwrap(), participation, "another spelling of the same id");
+    assert_eq!(shard_of("refused").await.unwrap(), participation, "a 4xx of a counter route too");
+    assert_eq!(shard_of("click-simple").await.unwrap(), from_key("click-simple"), "a non-canonical id: by key");
+    assert_eq!(shard_of("chat").await.unwrap(), from_key("chat"), "another route: by key");
+    let answer_rows: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT shard FROM idempotency_answer_rows").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(answer_rows, [participation], "counter answer rows beside their participation");
+
+    // Every place lost (as before migration 21, when there was none), then found again by the
+    // migration's own statements.
+    let migration = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/20261122000021_idempotency_records_beside_their_rows.sql"),
+    )
+    .unwrap();
+    let statement = |start: &str| {
+        let at = migration.find(start).unwrap_or_else(|| panic!("migration 21 runs {start}"));
+        migration[at..at + migration[at..].find(';').unwrap()].to_owned()
+    };
+    for table in ["idempotency_keys", "idempotency_answer_rows"] {
+        sqlx::raw_sql(&format!("UPDATE {table} SET shard = gen_random_uuid()")).execute(&app.pool).await.unwrap();
+        sqlx::raw_sql(&statement(&format!("UPDATE {table} SET shard"))).execute(&app.pool).await.unwrap();
+    }
+    for ((url, key, body), first) in requests.iter().zip(&first) {
+        let again = send_keyed(&app.client, url, key, body).await;
+        assert_eq!((again.status, again.replayed, &again.body), (first.status, true, &first.body), "{key} replays");
+    }
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!(stored["clicks"].as_i64(), Some(3), "every click counted once");
+}
