@@ -9,30 +9,32 @@
 -- there too. On Citus both tables then move beside `participations`.
 --
 -- Rebuilding the two primary keys locks both tables for as long as it takes (docs/operating.md,
--- Upgrading); on Citus so does moving them, which rewrites them.
-ALTER TABLE idempotency_keys ADD COLUMN shard uuid;
-UPDATE idempotency_keys SET shard = CASE
-    WHEN path ~ '^/api/participations/[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}/(impressions|clicks|viewer-samples|earnings)$'
-        THEN substr(path, 21, 36)::uuid
-    ELSE encode(substr(sha256(convert_to(key, 'UTF8')), 1, 16), 'hex')::uuid
-END;
-ALTER TABLE idempotency_keys
-    ALTER COLUMN shard SET NOT NULL,
-    DROP CONSTRAINT idempotency_keys_pkey,
-    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key, path, method, scope, shard);
-COMMENT ON COLUMN idempotency_keys.shard IS
-    'Where the record lives: a counter route''s participation id, else the first 16 bytes of sha256(key).';
-
-ALTER TABLE idempotency_answer_rows ADD COLUMN shard uuid;
-UPDATE idempotency_answer_rows SET shard = (participation ->> 'id')::uuid;
-ALTER TABLE idempotency_answer_rows
-    ALTER COLUMN shard SET NOT NULL,
-    DROP CONSTRAINT idempotency_answer_rows_pkey,
-    ADD CONSTRAINT idempotency_answer_rows_pkey PRIMARY KEY (id, shard);
-COMMENT ON COLUMN idempotency_answer_rows.shard IS 'The participation whose row this is.';
-
+-- Upgrading); on Citus so does moving them, which rewrites them. One subcommand per ALTER TABLE:
+-- Citus refuses ADD CONSTRAINT beside others, and it passes a command on to its workers with
+-- the text it came in, which must hold one command: hence the DO block.
 DO $$
 BEGIN
+    ALTER TABLE idempotency_keys ADD COLUMN shard uuid;
+    UPDATE idempotency_keys SET shard = CASE
+        WHEN path ~ '^/api/participations/[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}/(impressions|clicks|viewer-samples|earnings)$'
+            THEN substr(path, 21, 36)::uuid
+        -- The key's bytes: a key is visible ASCII, and escape-format `decode` is IMMUTABLE, as Citus
+        -- requires of a CASE (`convert_to` is only STABLE).
+        ELSE encode(substr(sha256(decode(replace(key, '\', '\\'), 'escape')), 1, 16), 'hex')::uuid
+    END;
+    ALTER TABLE idempotency_keys ALTER COLUMN shard SET NOT NULL;
+    ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey;
+    ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key, path, method, scope, shard);
+    COMMENT ON COLUMN idempotency_keys.shard IS
+        'Where the record lives: a counter route''s participation id, else the first 16 bytes of sha256(key).';
+
+    ALTER TABLE idempotency_answer_rows ADD COLUMN shard uuid;
+    UPDATE idempotency_answer_rows SET shard = (participation ->> 'id')::uuid;
+    ALTER TABLE idempotency_answer_rows ALTER COLUMN shard SET NOT NULL;
+    ALTER TABLE idempotency_answer_rows DROP CONSTRAINT idempotency_answer_rows_pkey;
+    ALTER TABLE idempotency_answer_rows ADD CONSTRAINT idempotency_answer_rows_pkey PRIMARY KEY (id, shard);
+    COMMENT ON COLUMN idempotency_answer_rows.shard IS 'The participation whose row this is.';
+
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
         RETURN;
     END IF;
