@@ -28,6 +28,9 @@
 //! The coalesced counters skip step 1: their batch's one statement inserts the keys' records
 //! itself, pointing at the row the answer is rendered from (`idempotency_answer_rows`), so
 //! claim, effect and record commit together and no lease is needed ([`Claim::deferred`]).
+//! Their records and answer rows also carry the participation's id as their place
+//! ([`Claim::shard`]), which on Citus puts them on the participation's shard: the statement
+//! stays on one.
 //!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
