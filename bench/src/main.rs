@@ -442,9 +442,9 @@ fn big(ctx: &mut Ctx) -> anyhow::Result<(String, String)> {
     let fill = |sid: &str| {
         vec![
             format!(
-                "INSERT INTO messages (id, conversation_id, role, text) \
-                 SELECT gen_random_uuid(), c.id, 'user', 'x' FROM conversations c, generate_series(1, 100000) \
-                 WHERE c.session_id = '{sid}'"
+                "INSERT INTO messages (id, conversation_id, session_id, seq, role, text) \
+                 SELECT gen_random_uuid(), c.id, c.session_id, c.message_count + n, 'user', 'x' \
+                 FROM conversations c, generate_series(1, 100000) n WHERE c.session_id = '{sid}'"
             ),
             format!("UPDATE conversations SET message_count = message_count + 100000 WHERE session_id = '{sid}'"),
         ]
