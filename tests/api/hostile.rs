@@ -283,5 +283,6 @@ async fn uploads_hold_bounded_memory_whatever_their_parts() {
     }
     let grown = peak_rss_kib(pid).saturating_sub(baseline);
     terminate(&mut server);
+    let _ = std::fs::remove_dir_all(&data_dir);
     assert!(grown < 16 * 1024, "peak memory grew by {grown} KiB for one 24 MiB WAV and 19 MiB of unknown parts");
 }
