@@ -216,12 +216,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 continue;
             }
-            for (workload, point) in group.iter().zip(http_points(&mut ctx, &group, connections)) {
-                points.push(point);
-                if let (Some(script), false) = (workload.pgbench, args.no_pgbench) {
-                    points.push(pgbench_point(&mut ctx, workload, script, connections));
-                }
-            }
+            points.extend(group_points(&mut ctx, &group, connections, !args.no_pgbench));
         }
     }
     let (_, peak_rss) = server::rss_mib(server.pid());
@@ -459,11 +454,9 @@ fn big(ctx: &mut Ctx) -> anyhow::Result<(String, String)> {
     Ok(ctx.big.clone().expect("set"))
 }
 
-/// Workloads whose targets compare them with each other. They run in turns of
-/// [`SLICES`] short slices each at every connection count, rather than one after the other, so
-/// that drift of the machine (this VM's fsync latency moves throughput by a third within a
-/// minute) falls on both alike.
+/// Workloads whose targets compare them with each other. They run as one group (below).
 const COMPARED: &[[&str; 2]] = &[["clicks", "clicks-keyed"], ["append-big", "append-empty"]];
+/// How many turns the workloads of a group take at each connection count.
 const SLICES: u32 = 10;
 
 /// The selected workloads in order, a compared pair as one group when both are selected.
@@ -487,9 +480,16 @@ fn interleaved<'a>(selected: &[&'a Workload]) -> Vec<Vec<&'a Workload>> {
     groups
 }
 
-/// One point per workload: a single workload runs for the whole duration; a compared pair
-/// alternates in slices that add up to the duration each.
-fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Point> {
+/// The points of a group at one connection count: each workload's upsertd point, followed by
+/// its pgbench point when it has a script and `pgbench` is on. Every target compares points of
+/// one group (workloads with each other, upsertd with pgbench running the same statement), and
+/// this VM drifts (its fsync latency moves throughput by a third within a minute), so the
+/// group's runs are laid out for the drift to fall on all of them alike: the workloads over
+/// HTTP take turns in [`SLICES`] slices (halves for one workload) that add up to the duration
+/// each, and pgbench runs in the middle of them, each script once for the whole duration. (A
+/// pgbench run cut into slices would pay its connections' authentication and cold backends in
+/// every slice: at 64 clients and 1 s slices that halved its throughput.)
+fn group_points(ctx: &mut Ctx, group: &[&Workload], connections: usize, pgbench: bool) -> Vec<Point> {
     struct Run {
         point: Point,
         build: Option<load::Builder>,
@@ -515,8 +515,18 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
             Run { point, build, outcome: Default::default(), cpu: Default::default(), rss: 0.0 }
         })
         .collect();
-    let slices = if group.len() > 1 { SLICES } else { 1 };
-    for _ in 0..slices {
+    let scripts: Vec<(&Workload, &str)> =
+        group.iter().filter_map(|w| Some((*w, w.pgbench.filter(|_| pgbench)?))).collect();
+    let slices = match (group.len(), scripts.len()) {
+        (1, 0) => 1,
+        (1, _) => 2,
+        _ => SLICES,
+    };
+    let mut baseline = Vec::new();
+    for slice in 0..slices {
+        if slice == slices / 2 {
+            baseline = scripts.iter().map(|(w, script)| pgbench_point(ctx, w, script, connections)).collect();
+        }
         for run in runs.iter_mut() {
             let Some(build) = run.build.clone() else { continue };
             let cpu0 = cpu::Sample::now(Some(ctx.server_pid));
@@ -526,15 +536,19 @@ fn http_points(ctx: &mut Ctx, group: &[&Workload], connections: usize) -> Vec<Po
             run.cpu.add(cpu0, cpu::Sample::now(Some(ctx.server_pid)));
         }
     }
-    runs.into_iter()
-        .map(|run| match run.build {
+    let mut points = Vec::new();
+    for run in runs {
+        let name = run.point.workload.clone();
+        points.push(match run.build {
             Some(_) => finish_point(ctx, run.point, run.outcome, run.cpu, run.rss),
             None => {
                 report::progress(&run.point);
                 run.point
             }
-        })
-        .collect()
+        });
+        points.extend(baseline.iter().filter(|p| p.workload == name).cloned());
+    }
+    points
 }
 
 fn finish_point(ctx: &Ctx, mut point: Point, mut outcome: load::Outcome, cpu: cpu::Used, rss: f64) -> Point {
