@@ -12,7 +12,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
 use std::borrow::Cow;
 use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// How long a request waits for a connection that the pool has room to open. Against a live
 /// server opening one takes milliseconds; a server that is down or restarting refuses it, and
@@ -20,9 +21,139 @@ use std::time::Duration;
 /// for a *busy* pool (every connection in use) is not bounded by this: that wait is load.
 pub const FAIL_FAST: Duration = Duration::from_secs(1);
 
-/// A connection from the pool (see [`waiting`]).
-pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-    waiting(pool, pool.acquire()).await
+/// A connection from the pool (see [`waiting`]), or this worker's warm one when it is free
+/// (see [`Conn`]).
+pub async fn acquire(pool: &PgPool) -> Result<Conn, sqlx::Error> {
+    let (pool_id, failures) = (warm::id(pool), FAILURES.load(Ordering::Relaxed));
+    if let Some((conn, since)) = warm::take(pool_id) {
+        return Ok(Conn { inner: Some(Inner::Warm(conn)), pool: pool_id, since, failures });
+    }
+    let pooled = waiting(pool, pool.acquire()).await?;
+    Ok(Conn { inner: Some(Inner::Pooled(pooled)), pool: pool_id, since: Instant::now(), failures })
+}
+
+/// Statements that failed because the database was unreachable, since the start: a connection
+/// out of the pool while this moved may be dead, and does not stay warm.
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// A connection for a few statements, from [`acquire`].
+///
+/// Each worker keeps one connection warm: taken out of its pool for good, and handed to the
+/// worker's next `acquire` when it is back. A pooled connection goes back to its pool with a
+/// round trip first (sqlx pings every connection it is given back, after the answer has gone),
+/// so at one request at a time each request took another connection, on another backend whose
+/// caches were cold. At one connection a click cost PostgreSQL about 400 µs of CPU through the
+/// pool and 300 µs through the warm connection, and its p50 fell from 0.7 to 0.56 ms
+/// (bench/PROFILE.md). The warm one is no connection more: the worker's pool is one smaller
+/// ([`keep_warm`]).
+///
+/// A connection that may be broken goes back to the pool instead, where the ping tests it: one
+/// that was out while any statement found the database unreachable, one left in a
+/// transaction, one opened before the embedded cluster last crashed. A statement cancelled
+/// midway leaves its answer unread; the connection's next statement reads it first, as the
+/// ping would have.
+pub struct Conn {
+    inner: Option<Inner>,
+    /// The pool it came from ([`warm::id`]).
+    pool: usize,
+    /// When it left the pool: a crash of the embedded cluster after this killed it.
+    since: Instant,
+    /// [`FAILURES`] when it was handed out.
+    failures: u64,
+}
+
+enum Inner {
+    Warm(PgConnection),
+    Pooled(PoolConnection<Postgres>),
+}
+
+const HELD: &str = "a Conn holds its connection until it is dropped";
+
+impl std::ops::Deref for Conn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self.inner.as_ref().expect(HELD) {
+            Inner::Warm(conn) => conn,
+            Inner::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self.inner.as_mut().expect(HELD) {
+            Inner::Warm(conn) => conn,
+            Inner::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let sound = FAILURES.load(Ordering::Relaxed) == self.failures && !self.is_in_transaction();
+        // Not sound: a warm one closes, a pooled one goes back to its pool, which tests it.
+        match self.inner.take().expect(HELD) {
+            Inner::Warm(conn) if sound => warm::put(self.pool, conn, self.since),
+            Inner::Pooled(conn) if sound && warm::wanted(self.pool) => warm::put(self.pool, conn.detach(), self.since),
+            _ => {}
+        }
+    }
+}
+
+pub use warm::keep as keep_warm;
+
+/// The worker's warm connection: a thread-local slot, since a connection belongs to the
+/// runtime of the worker that opened it (see `startup::worker_pool`).
+mod warm {
+    use super::cluster;
+    use sqlx::postgres::PgPool;
+    use sqlx::PgConnection;
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    struct Slot {
+        pool: usize,
+        conn: Option<(PgConnection, Instant)>,
+    }
+
+    thread_local! {
+        static SLOT: RefCell<Option<Slot>> = const { RefCell::new(None) };
+    }
+
+    /// A pool, by the address of its connect options: each pool has its own.
+    pub fn id(pool: &PgPool) -> usize {
+        Arc::as_ptr(&pool.connect_options()) as usize
+    }
+
+    /// Keeps one connection of `pool`, the worker's own (one smaller for it), warm on this
+    /// thread (see [`super::Conn`]).
+    pub fn keep(pool: &PgPool) {
+        SLOT.with_borrow_mut(|slot| *slot = Some(Slot { pool: id(pool), conn: None }));
+    }
+
+    /// The warm connection, when it is free and belongs to pool `pool`.
+    pub fn take(pool: usize) -> Option<(PgConnection, Instant)> {
+        let (conn, since) = SLOT.with_borrow_mut(|slot| slot.as_mut().filter(|s| s.pool == pool)?.conn.take())?;
+        // Opened before the embedded cluster last crashed: dead. Dropped, it closes.
+        (!cluster::opened_before_last_crash(since.elapsed())).then_some((conn, since))
+    }
+
+    /// Whether this thread keeps a connection of pool `pool` warm and has none now (its first
+    /// use, or after a broken one was let go).
+    pub fn wanted(pool: usize) -> bool {
+        SLOT.with_borrow(|slot| slot.as_ref().is_some_and(|s| s.pool == pool && s.conn.is_none()))
+    }
+
+    /// A connection into the empty slot of pool `pool` (else it closes).
+    pub fn put(pool: usize, conn: PgConnection, since: Instant) {
+        SLOT.with_borrow_mut(|slot| {
+            if let Some(slot) = slot.as_mut().filter(|s| s.pool == pool && s.conn.is_none()) {
+                slot.conn = Some((conn, since));
+            }
+        });
+    }
 }
 
 /// A transaction on a connection from the pool (see [`waiting`]).
@@ -77,10 +208,14 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => StoreError::Unavailable(error),
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
+                FAILURES.fetch_add(1, Ordering::Relaxed);
+                StoreError::Unavailable(error)
+            }
             E::Database(db) => match sqlstate(db.as_ref()).unwrap_or_default().as_ref() {
                 // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
                 c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
+                    FAILURES.fetch_add(1, Ordering::Relaxed);
                     StoreError::Unavailable(error)
                 }
                 // Someone else got there first: safe to retry, and never a 500.

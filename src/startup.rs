@@ -85,7 +85,13 @@ impl Application {
         let server = HttpServer::new(move || {
             // A worker that restarts after a panic is counted again, and takes the same place.
             let worker = started.fetch_add(1, Ordering::Relaxed) % workers;
-            let pool = worker_pool(&pool, connections_of(max_connections, workers, worker));
+            let connections = connections_of(max_connections, workers, worker);
+            // One of a worker's connections stays warm outside its pool (`db::Conn`), when it
+            // has more than one.
+            let pool = worker_pool(&pool, connections - u32::from(connections > 1));
+            if connections > 1 {
+                crate::db::keep_warm(&pool);
+            }
             pools.insert(worker, pool.clone());
             if worker == 0 {
                 actix_web::rt::spawn(purge_idempotency_keys(pool.clone(), idempotency));

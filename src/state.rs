@@ -23,7 +23,7 @@ pub struct Db {
 
 impl Db {
     /// A connection for a read.
-    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ApiError> {
+    pub async fn conn(&self) -> Result<crate::db::Conn, ApiError> {
         Ok(crate::db::acquire(&self.pool).await?)
     }
 }

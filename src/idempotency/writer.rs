@@ -7,7 +7,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::reply::Reply;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::future::{ready, Ready};
 use std::ops::{Deref, DerefMut};
@@ -33,7 +32,7 @@ impl FromRequest for Writer {
 /// A plain pooled connection (each statement commits by itself: one round trip per write) or,
 /// when a key is claimed, a transaction the idempotency record joins.
 pub enum WriteConn {
-    Plain(PoolConnection<Postgres>),
+    Plain(crate::db::Conn),
     Tx(Transaction<'static, Postgres>),
 }
 

@@ -1,5 +1,6 @@
 use crate::cluster::{free_port, start_binary};
 use crate::helpers::{assert_problem, scratch_dir, TestApp};
+use futures_util::StreamExt;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use std::time::{Duration, Instant};
@@ -134,16 +135,16 @@ async fn metrics_count_requests_upserts_and_replays_and_every_answer_has_a_reque
     }
 }
 
-/// PostgreSQL stopped and started under a running server: 503 with Retry-After within the
-/// acquire timeout while it is down, and writes work again without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() {
-    let data_dir = scratch_dir(&format!("outage-{}", uuid::Uuid::new_v4().simple()));
+/// upsertd on a cluster of the test's own, with the service's pool settings (no ping before a
+/// connection is used): its address, the cluster and its data folder.
+async fn on_own_cluster(name: &str) -> (String, Cluster, std::path::PathBuf) {
+    let data_dir = scratch_dir(&format!("{name}-{}", uuid::Uuid::new_v4().simple()));
     let cluster = Cluster::start(&data_dir, Durability::Throwaway).unwrap();
     cluster.create_database("upsertd").await.unwrap();
     let options = cluster.connect_options("upsertd");
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await.unwrap();
     upsertd::db::MIGRATOR.run(&mut conn).await.unwrap();
+    <sqlx::PgConnection as sqlx::Connection>::close(conn).await.unwrap();
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(1))
         .test_before_acquire(false)
@@ -153,12 +154,19 @@ async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() 
     let app = Application::build(&settings, pool).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
+    (base, cluster, data_dir)
+}
+
+/// PostgreSQL stopped and started under a running server: 503 with Retry-After within the
+/// acquire timeout while it is down, and writes work again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() {
+    let (base, cluster, data_dir) = on_own_cluster("outage").await;
     let client = reqwest::Client::new();
     let save =
         |sid: &'static str| client.post(format!("{base}/api/save-analysis")).json(&json!({"session_id": sid})).send();
     assert_eq!(save("before").await.unwrap().status(), 201);
 
-    drop(conn);
     cluster.stop().unwrap();
     let started = Instant::now();
     let down = save("during").await.unwrap();
@@ -179,6 +187,50 @@ async fn a_database_outage_is_a_prompt_503_and_the_service_recovers_by_itself() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    cluster.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Connections killed under a running server (an operator's `pg_terminate_backend`), the one
+/// each worker keeps warm (`db::Conn`) among them: each dead connection fails at most the one
+/// statement that finds it (a read here), with a 503, and once each has been found every
+/// request succeeds.
+/// (A dead warm connection put back for the next request would fail every request of its
+/// worker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_fail_one_request_each_then_none() {
+    let (base, cluster, data_dir) = on_own_cluster("killed").await;
+    let client = reqwest::Client::new();
+    let saved = client.post(format!("{base}/api/save-analysis")).json(&json!({"session_id": "s"})).send();
+    assert_eq!(saved.await.unwrap().status(), 201);
+    // Reads: one statement each (writes that arrive together share one, and its failure).
+    let reads = |n: usize, concurrency: usize| {
+        futures_util::stream::iter(0..n)
+            .map(|_| async { client.get(format!("{base}/api/conversations/s")).send().await.unwrap().status() })
+            .buffer_unordered(concurrency)
+            .map(|status| status.as_u16())
+            .collect::<Vec<u16>>()
+    };
+    // Connections of both workers opened and used, the warm ones too.
+    assert!(reads(200, 32).await.iter().all(|status| *status == 200));
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&cluster.connect_options("upsertd")).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "upsertd had connections to kill");
+    // One at a time, then many at once: every connection is found, warm or in a pool.
+    let mut statuses = reads(100, 1).await;
+    statuses.extend(reads(300, 32).await);
+    let failed = statuses.iter().filter(|status| **status == 503).count() as i64;
+    assert!(statuses.iter().all(|status| [200, 503].contains(status)), "only 200 or 503: {statuses:?}");
+    assert!(failed <= killed, "{failed} requests failed for {killed} killed connections");
+    assert!(reads(100, 1).await.iter().all(|status| *status == 200), "every dead connection was let go");
+    <sqlx::PgConnection as sqlx::Connection>::close(admin).await.ok();
     cluster.stop().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
