@@ -94,9 +94,11 @@ impl Drop for Conn {
         let sound = FAILURES.load(Ordering::Relaxed) == self.failures && !self.is_in_transaction();
         // Not sound: a warm one closes, a pooled one goes back to its pool, which tests it.
         match self.inner.take().expect(HELD) {
-            Inner::Warm(conn) if sound => warm::put(self.pool, conn, self.since),
-            Inner::Pooled(conn) if sound && warm::wanted(self.pool) => warm::put(self.pool, conn.detach(), self.since),
-            _ => {}
+            Inner::Warm(conn) => warm::back(self.pool, sound.then_some((conn, self.since))),
+            Inner::Pooled(conn) if sound && warm::wanted(self.pool) => {
+                warm::back(self.pool, Some((conn.detach(), self.since)))
+            }
+            Inner::Pooled(_) => {}
         }
     }
 }
@@ -115,7 +117,15 @@ mod warm {
 
     struct Slot {
         pool: usize,
-        conn: Option<(PgConnection, Instant)>,
+        state: State,
+    }
+
+    enum State {
+        /// None yet, or the last one was let go: the next sound pooled connection stays.
+        Wanted,
+        /// In use.
+        Out,
+        Home(PgConnection, Instant),
     }
 
     thread_local! {
@@ -130,27 +140,37 @@ mod warm {
     /// Keeps one connection of `pool`, the worker's own (one smaller for it), warm on this
     /// thread (see [`super::Conn`]).
     pub fn keep(pool: &PgPool) {
-        SLOT.with_borrow_mut(|slot| *slot = Some(Slot { pool: id(pool), conn: None }));
+        SLOT.with_borrow_mut(|slot| *slot = Some(Slot { pool: id(pool), state: State::Wanted }));
     }
 
-    /// The warm connection, when it is free and belongs to pool `pool`.
+    /// The warm connection, when it is home and belongs to pool `pool`.
     pub fn take(pool: usize) -> Option<(PgConnection, Instant)> {
-        let (conn, since) = SLOT.with_borrow_mut(|slot| slot.as_mut().filter(|s| s.pool == pool)?.conn.take())?;
-        // Opened before the embedded cluster last crashed: dead. Dropped, it closes.
-        (!cluster::opened_before_last_crash(since.elapsed())).then_some((conn, since))
-    }
-
-    /// Whether this thread keeps a connection of pool `pool` warm and has none now (its first
-    /// use, or after a broken one was let go).
-    pub fn wanted(pool: usize) -> bool {
-        SLOT.with_borrow(|slot| slot.as_ref().is_some_and(|s| s.pool == pool && s.conn.is_none()))
-    }
-
-    /// A connection into the empty slot of pool `pool` (else it closes).
-    pub fn put(pool: usize, conn: PgConnection, since: Instant) {
         SLOT.with_borrow_mut(|slot| {
-            if let Some(slot) = slot.as_mut().filter(|s| s.pool == pool && s.conn.is_none()) {
-                slot.conn = Some((conn, since));
+            let slot = slot.as_mut().filter(|s| s.pool == pool && matches!(s.state, State::Home(..)))?;
+            let State::Home(conn, since) = std::mem::replace(&mut slot.state, State::Out) else { return None };
+            // Opened before the embedded cluster last crashed: dead. Dropped, it closes.
+            if cluster::opened_before_last_crash(since.elapsed()) {
+                slot.state = State::Wanted;
+                return None;
+            }
+            Some((conn, since))
+        })
+    }
+
+    /// Whether this thread keeps a connection of pool `pool` warm and wants one.
+    pub fn wanted(pool: usize) -> bool {
+        SLOT.with_borrow(|slot| slot.as_ref().is_some_and(|s| s.pool == pool && matches!(s.state, State::Wanted)))
+    }
+
+    /// The warm connection back home, or a new one for the slot; `None`: let it go (it
+    /// closes), and keep the next sound one.
+    pub fn back(pool: usize, conn: Option<(PgConnection, Instant)>) {
+        SLOT.with_borrow_mut(|slot| {
+            if let Some(slot) = slot.as_mut().filter(|s| s.pool == pool) {
+                slot.state = match conn {
+                    Some((conn, since)) => State::Home(conn, since),
+                    None => State::Wanted,
+                };
             }
         });
     }
