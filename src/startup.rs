@@ -88,8 +88,9 @@ impl Application {
             let connections = connections_of(max_connections, workers, worker);
             // One of a worker's connections stays warm outside its pool (`db::Conn`), when it
             // has more than one.
-            let pool = worker_pool(&pool, connections - u32::from(connections > 1));
-            if connections > 1 {
+            let warm = connections > 1;
+            let pool = worker_pool(&pool, connections - u32::from(warm));
+            if warm {
                 crate::db::keep_warm(&pool);
             }
             pools.insert(worker, pool.clone());

@@ -249,11 +249,19 @@ fn markdown_table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A target's verdict.
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
 /// The targets, each with what was measured and whether it was met.
 pub fn targets(points: &[Point], peak_rss: f64) -> Vec<(String, String, &'static str)> {
     let top = points.iter().map(|p| p.connections).max().unwrap_or(0);
     let mut out = Vec::new();
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     for w in ["save-analysis-new", "save-analysis-hot", "chats"] {
         let name = format!("{w} at {top} conns: >= 0.7x pgbench, p99 <= 25 ms");
         match (ok(points, w, "upsertd", top), ok(points, w, "pgbench", top)) {
@@ -347,7 +355,6 @@ const UPSERTS: [&str; 7] =
 /// (ratios to pgbench running the same statement, and p50 against pgbench's plus the `/healthz`
 /// round trip) and at `top`.
 fn per_request_targets(points: &[Point], top: usize, out: &mut Vec<(String, String, &'static str)>) {
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     for (workload, what, at_least) in [
         ("save-analysis-new", "pgbench's upsert", 0.6),
         ("save-analysis-hot", "pgbench's upsert", 0.6),
@@ -429,7 +436,7 @@ fn ratio_row(
         (Some(a), Some(b)) if b.rps > 0.0 => out.push((
             name,
             format!("{:.2}x ({:.0} vs {:.0}/s)", a.rps / b.rps, a.rps, b.rps),
-            if a.rps >= at_least * b.rps { "met" } else { "MISSED" },
+            verdict(a.rps >= at_least * b.rps),
         )),
         _ => out.push((name, "not measured".into(), "n/a")),
     }
