@@ -41,6 +41,14 @@ const JSON: &str = "application/json";
 /// Builds request number `n`.
 pub type Builder = Arc<dyn Fn(u64) -> Req + Send + Sync>;
 
+/// `build` for turn `turn` of a workload run in several turns: each [`run`] numbers its
+/// requests from 0, so without an offset a later turn would send an earlier one's session ids
+/// again, and an insert workload would measure repeats.
+pub fn turn(build: &Builder, turn: u64) -> Builder {
+    let (build, offset) = (build.clone(), turn << 32);
+    Arc::new(move |n| build(offset + n))
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
     pub ok: u64,

@@ -528,10 +528,10 @@ fn group_points(ctx: &mut Ctx, group: &[&Workload], connections: usize, pgbench:
             baseline = scripts.iter().map(|(w, script)| pgbench_point(ctx, w, script, connections)).collect();
         }
         for run in runs.iter_mut() {
-            let Some(build) = run.build.clone() else { continue };
+            let Some(build) = &run.build else { continue };
             let cpu0 = cpu::Sample::now(Some(ctx.server_pid));
             let rss = RssSampler::start(ctx.server_pid, Duration::from_millis(100));
-            run.outcome.merge(load::run(ctx.addr, build, connections, ctx.duration / slices));
+            run.outcome.merge(load::run(ctx.addr, load::turn(build, slice as u64), connections, ctx.duration / slices));
             run.rss = run.rss.max(max_rss(&rss.finish()));
             run.cpu.add(cpu0, cpu::Sample::now(Some(ctx.server_pid)));
         }

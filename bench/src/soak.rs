@@ -48,6 +48,10 @@ pub fn run(ctx: &mut Ctx, minutes: u64, connections: usize) -> anyhow::Result<()
         .map(|name| builder(ctx, name, connections)?.with_context(|| format!("{name}: the route is missing")))
         .collect::<anyhow::Result<Vec<load::Builder>>>()?;
     let parts: Arc<[load::Builder]> = parts.into();
+    let mixed: load::Builder = Arc::new(move |n| {
+        let kinds = parts.len() as u64;
+        parts[(n % kinds) as usize](n / kinds)
+    });
     eprintln!(
         "soak: {minutes} min of {} in turn at {connections} connections; upsertd RSS every {} s",
         MIX.join(" and "),
@@ -61,13 +65,7 @@ pub fn run(ctx: &mut Ctx, minutes: u64, connections: usize) -> anyhow::Result<()
         if left.is_zero() {
             break;
         }
-        // Each slice's sequence numbers start at 0; the offset keeps every session id new.
-        let (parts, offset) = (parts.clone(), slice << 32);
-        let mixed: load::Builder = Arc::new(move |n| {
-            let (n, kinds) = (offset + n, parts.len() as u64);
-            parts[(n % kinds) as usize](n / kinds)
-        });
-        let mut outcome = load::run(ctx.addr, mixed, connections, left.min(SLICE));
+        let mut outcome = load::run(ctx.addr, load::turn(&mixed, slice), connections, left.min(SLICE));
         let (p50, p99) = load::percentiles(&mut outcome.latencies_us);
         outcome.latencies_us = Vec::new();
         eprintln!(
