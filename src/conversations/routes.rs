@@ -186,14 +186,14 @@ pub async fn upload_audio(
     };
     let mut conn = writer.begin().await?;
     let result = async {
-        let file = store::save_audio(&mut conn, &sha256, format.content_type(), bytes as i64, &analysis).await?;
+        let audio_id = store::save_audio(&mut conn, &sha256, format.content_type(), bytes as i64, &analysis).await?;
         let input = AnalysisUpsert {
             session_id: upload.session_id.unwrap_or_else(SessionId::generate),
             transcript: Patch::given(transcript),
             analysis: Patch::Set(Some(upload.analysis.unwrap_or(analysis))),
             language: Patch::given(upload.language),
             user_id: Patch::given(upload.user_id),
-            audio_id: Patch::Set(Some(file.id)),
+            audio_id: Patch::Set(Some(audio_id)),
             expected_version: None,
         };
         store::upsert_analysis(&mut conn, &input).await

@@ -297,14 +297,15 @@ pub async fn get_audio(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<
     Ok(audio_by_id(conn, vec![id]).await?.pop())
 }
 
-/// Catalogues a stored file once per content hash; a repeat returns the existing entry.
+/// Catalogues a stored file once per content hash and returns its id; a repeat finds the
+/// existing entry's. The upsert of its conversation reads the entry back with the row.
 pub async fn save_audio(
     conn: &mut PgConnection,
     sha256: &str,
     content_type: &str,
     bytes: i64,
     analysis: &Value,
-) -> StoreResult<AudioFile> {
+) -> StoreResult<Uuid> {
     let inserted = sqlx::query_scalar!(
         "INSERT INTO audio_files (id, sha256, content_type, bytes, analysis) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (sha256) DO NOTHING
@@ -317,14 +318,13 @@ pub async fn save_audio(
     )
     .fetch_optional(&mut *conn)
     .await?;
-    let id = match inserted {
-        Some(id) => id,
+    match inserted {
+        Some(id) => Ok(id),
         None => sqlx::query_scalar!("SELECT id FROM audio_files WHERE sha256 = $1", sha256)
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or_else(|| vanished("audio file"))?,
-    };
-    get_audio(conn, id).await?.ok_or_else(|| vanished("audio file"))
+            .ok_or_else(|| vanished("audio file")),
+    }
 }
 
 /// Appends messages in one transaction and returns them as stored, in the request's order.
