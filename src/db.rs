@@ -8,7 +8,7 @@ use anyhow::Context;
 use cluster::{Cluster, Durability};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, TransactionManager};
 use std::borrow::Cow;
 use std::future::Future;
 use std::str::FromStr;
@@ -177,9 +177,54 @@ mod warm {
     }
 }
 
-/// A transaction on a connection from the pool (see [`waiting`]).
-pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    waiting(pool, pool.begin()).await
+/// A transaction on a connection from [`acquire`]: the worker's warm one when it is free.
+pub async fn begin(pool: &PgPool) -> Result<Tx, sqlx::Error> {
+    let mut conn = acquire(pool).await?;
+    Manager::begin(&mut conn, None).await?;
+    Ok(Tx { conn, open: true })
+}
+
+type Manager = <Postgres as sqlx::Database>::TransactionManager;
+
+/// A transaction on a [`Conn`], from [`begin`]. sqlx's own `Transaction` can own only a
+/// connection of the pool's, which pays the pool's ping on the way back; this one owns a
+/// `Conn` and does what `Transaction` does. Dropped uncommitted, it queues a `ROLLBACK` that goes
+/// out before the connection's next statement, so its connection stays sound and stays warm.
+pub struct Tx {
+    conn: Conn,
+    open: bool,
+}
+
+impl Tx {
+    /// Commits. On an error the transaction is still held: let the caller see the error (an
+    /// outage marks every connection out as suspect, [`FAILURES`]) before it drops it.
+    pub async fn commit(&mut self) -> Result<(), sqlx::Error> {
+        Manager::commit(&mut self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if self.open {
+            Manager::start_rollback(&mut self.conn);
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
 }
 
 /// Awaits a connection (or a transaction) from the pool, counted in `upsertd_db_pool_waiting`

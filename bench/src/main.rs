@@ -82,6 +82,11 @@ pub const WORKLOADS: &[Workload] = &[
         pgbench: Some("save-analysis-hot.sql"),
     },
     Workload {
+        name: "save-analysis-keyed",
+        about: "POST /api/save-analysis, a new session id and its own Idempotency-Key every request (the keyed path: a claim, then the upsert and the record in one transaction)",
+        pgbench: None,
+    },
+    Workload {
         name: "legacy",
         about: "the legacy pattern: SELECT, then INSERT if missing (else UPDATE), two autocommit statements from a plain PostgreSQL client, each new session id saved by 4 requests at once (retry storm); counts unique violations",
         pgbench: None,
@@ -320,6 +325,13 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
                     n % 10
                 ),
                 None,
+            )
+        }),
+        "save-analysis-keyed" => Arc::new(move |n| {
+            Req::json(
+                "/api/save-analysis",
+                format!(r#"{{"session_id":"key-{run}-c{connections}-{n}","transcript":"hello world {n}"}}"#),
+                Some(uuid::Uuid::new_v4().to_string()),
             )
         }),
         "save-analysis-hot" => Arc::new(move |n| {

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::reply::Reply;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use std::future::{ready, Ready};
 use std::ops::{Deref, DerefMut};
 
@@ -33,7 +33,7 @@ impl FromRequest for Writer {
 /// when a key is claimed, a transaction the idempotency record joins.
 pub enum WriteConn {
     Plain(crate::db::Conn),
-    Tx(Transaction<'static, Postgres>),
+    Tx(crate::db::Tx),
 }
 
 impl Deref for WriteConn {
