@@ -227,7 +227,7 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
-/// Awaits a connection (or a transaction) from the pool, counted in `upsertd_db_pool_waiting`
+/// Awaits a connection from the pool, counted in `upsertd_db_pool_waiting`
 /// while it waits (the figure that tells an operator the pool is too small), and for at most
 /// [`FAIL_FAST`] while the pool has room: then a database that is down is a prompt 503.
 async fn waiting<T>(pool: &PgPool, acquire: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
