@@ -279,6 +279,28 @@ async fn a_counter_answer_replayed_from_its_recorded_row_is_byte_identical() {
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1, "the expired record gave way");
 }
 
+/// Counter answer rows get ids in the order of their batches (UUIDv7), so their primary key
+/// grows at one end instead of changing a random page per batch (and logging it whole after
+/// each checkpoint).
+#[tokio::test]
+async fn counter_answer_rows_get_ids_in_the_order_of_their_batches() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let clicks = app.url(&format!("/api/participations/{id}/clicks"));
+    for n in 0..12 {
+        let answer = send_keyed(&app.client, &clicks, &format!("ordered-{n}"), &json!({"type": "chat"})).await;
+        assert_eq!(answer.status, 200);
+    }
+    // One request at a time: one batch, so one answer row, each; a later batch, a later expiry.
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM idempotency_answer_rows ORDER BY expires_at")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 12);
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "UUIDv7 ids: {ids:?}");
+    assert!(ids.is_sorted(), "ids in the order of their batches: {ids:?}");
+}
+
 /// Two upsertd processes on one database, each with its own coalescing lanes: every key sent to
 /// both at the same moment counts once. One of the two runs it; the other finds the record in
 /// its batch's statement (a unique violation, never a 500) and replays the same bytes.
