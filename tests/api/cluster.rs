@@ -240,30 +240,36 @@ fn kill_cluster(data_dir: &Path) {
 
 /// The embedded cluster killed under a write load comes back by itself: the supervisor starts
 /// it again, writes resume within seconds without restarting upsertd, every acknowledged write
-/// is still there, and the writes in between are answered 503 promptly, never left hanging.
+/// is still there, and the writes in between are answered promptly, never left hanging: a
+/// write whose statement was in flight at the kill is a 503; one that arrives while the
+/// cluster restarts waits for it (at most a second, `FAIL_FAST`) and is a 201, or a 503 if the
+/// restart takes longer. How many of each there are is a matter of timing (under load, none
+/// may have been in flight), so the test counts no 503s; it checks that the cluster was
+/// started again, by the postmaster's pid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_embedded_cluster_is_started_again_and_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let data_dir = scratch_dir(&format!("crash-{}", uuid::Uuid::new_v4().simple()));
     let port = free_port();
     let mut server = start_binary(&data_dir, port, &[]).await;
     let url = format!("http://127.0.0.1:{port}/api/save-analysis");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let started = Instant::now();
-    let killed_at = Duration::from_secs(1);
-    // The last 503 any writer got, in milliseconds after the start (0: none yet).
-    let last_refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ms = |at: Duration| at.as_millis() as u64;
+    // When the kill was done and the last 503 any writer got, in milliseconds after the start
+    // (0: not yet).
+    let (killed, last_refused) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
     let writers = (0..8).map(|writer| {
-        let (client, url, last_refused) = (client.clone(), url.clone(), last_refused.clone());
+        let (client, url, killed, last_refused) = (client.clone(), url.clone(), killed.clone(), last_refused.clone());
         tokio::spawn(async move {
             // (session id, acknowledged, when it was sent, how long its answer took)
             let mut sent = Vec::new();
             for n in 0.. {
                 let at = started.elapsed();
-                // Done a second after the last 503 (writes have resumed), or well after the
-                // kill (the assertions below then say what went wrong).
-                let refused = last_refused.load(std::sync::atomic::Ordering::Relaxed);
-                let resumed = refused > 0 && at > Duration::from_millis(refused + 1000);
-                if resumed || at > killed_at + Duration::from_secs(15) {
+                // Done a second after the kill and the last 503 (writes have resumed), or well
+                // after the start (the assertions below then say what went wrong).
+                let (killed, refused) = (killed.load(Relaxed), last_refused.load(Relaxed));
+                if (killed > 0 && ms(at) > killed.max(refused) + 1000) || at > Duration::from_secs(20) {
                     break;
                 }
                 let sid = format!("w{writer}-{n}");
@@ -272,7 +278,7 @@ async fn a_killed_embedded_cluster_is_started_again_and_loses_no_acknowledged_wr
                 assert!(status == 201 || status == 503, "only 201 or 503, got {status}");
                 sent.push((sid, status == 201, at, started.elapsed() - at));
                 if status == 503 {
-                    last_refused.fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                    last_refused.fetch_max(ms(started.elapsed()), Relaxed);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -280,25 +286,28 @@ async fn a_killed_embedded_cluster_is_started_again_and_loses_no_acknowledged_wr
         })
     });
     let writers: Vec<_> = writers.collect();
-    tokio::time::sleep(killed_at).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let postmaster = postmaster_pid(&data_dir);
     kill_cluster(&data_dir);
+    let killed_at = started.elapsed();
+    killed.store(ms(killed_at), Relaxed);
     let mut sent = Vec::new();
     for writer in writers {
         sent.extend(writer.await.unwrap());
     }
     assert!(server.try_wait().unwrap().is_none(), "upsertd kept running");
-    let refused: Vec<_> = sent.iter().filter(|(_, ok, _, _)| !ok).collect();
-    assert!(!refused.is_empty(), "the kill was noticed");
-    let slowest = refused.iter().map(|(_, _, _, took)| *took).max().unwrap();
-    assert!(slowest < Duration::from_millis(2500), "each 503 came promptly; the slowest took {slowest:?}");
-    // From the first 503 to the first acknowledged write sent after the last one.
-    let first_refused = refused.iter().map(|(_, _, at, _)| *at).min().unwrap();
-    let last_refused = refused.iter().map(|(_, _, at, _)| *at).max().unwrap();
-    let back = sent.iter().filter(|(_, ok, at, _)| *ok && *at > last_refused).map(|(_, _, at, _)| *at).min();
-    let down = back.expect("writes resumed") - first_refused;
+    let slowest = sent.iter().map(|(_, _, _, took)| *took).max().unwrap();
+    assert!(slowest < Duration::from_millis(2500), "each answer came promptly; the slowest took {slowest:?}");
+    // From the kill to the first acknowledged write sent after it and after the last 503.
+    let refused = sent.iter().filter(|(_, ok, _, _)| !ok).count();
+    let last_refused = sent.iter().filter(|(_, ok, _, _)| !ok).map(|(_, _, at, _)| *at).max().unwrap_or(killed_at);
+    let back =
+        sent.iter().filter(|(_, ok, at, _)| *ok && *at > last_refused.max(killed_at)).map(|(_, _, at, _)| *at).min();
+    let down = back.expect("writes resumed") - killed_at;
     assert!(down < Duration::from_secs(10), "writes resumed {down:?} after the kill");
+    assert_ne!(postmaster_pid(&data_dir), postmaster, "a new postmaster runs the cluster");
     let acknowledged = sent.iter().filter(|(_, ok, _, _)| *ok).count();
-    eprintln!("{acknowledged} acknowledged, {} refused (slowest {slowest:?}), back after {down:?}", refused.len());
+    eprintln!("{acknowledged} acknowledged, {refused} refused, slowest answer {slowest:?}, back after {down:?}");
     for (sid, _, _, _) in sent.iter().filter(|(_, ok, _, _)| *ok) {
         let stored = client.get(format!("http://127.0.0.1:{port}/api/conversations/{sid}")).send().await.unwrap();
         assert_eq!(stored.status(), 200, "acknowledged {sid} is still there");
