@@ -127,17 +127,22 @@ async fn the_embedded_cluster_keeps_data_across_restarts_and_leaves_nothing_runn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     // A speech-to-text backend that takes its time, to keep an upload in flight.
-    let (stt_url, stt_handle) = crate::helpers::fake_stt("slow but sure", Duration::from_millis(1500));
+    let stt = crate::helpers::fake_stt("slow but sure", Duration::from_millis(1500));
     let data_dir = scratch_dir(&format!("drain-{}", uuid::Uuid::new_v4().simple()));
     let port = free_port();
-    let mut server = start_binary(&data_dir, port, &[("STT_URL", &stt_url)]).await;
+    let mut server = start_binary(&data_dir, port, &[("STT_URL", &stt.url)]).await;
     let form = reqwest::multipart::Form::new()
         .text("session_id", "draining")
         .part("audio", reqwest::multipart::Part::bytes(crate::upload::sine_wav(8000, 1, 0.1, 0.3)));
     let upload = tokio::spawn(
         reqwest::Client::new().post(format!("http://127.0.0.1:{port}/api/upload-audio")).multipart(form).send(),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // In flight for sure: upsertd has read the upload and waits on the backend's delay.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stt.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the upload never reached the STT backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = tokio::task::spawn_blocking(move || terminate(&mut server)).await.unwrap();
     let response = upload.await.unwrap().expect("the request in flight was answered");
     assert_eq!(response.status(), 201);
@@ -145,7 +150,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(body["transcript"], "slow but sure");
     assert!(status.success(), "exit 0 after draining: {status}");
     assert_eq!(postgres_processes_for(&data_dir), 0, "the cluster stopped too");
-    stt_handle.stop(false).await;
+    stt.handle.stop(false).await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

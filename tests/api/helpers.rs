@@ -6,7 +6,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use upsertd::db::cluster::{Cluster, Durability};
 use upsertd::settings::Settings;
 use upsertd::startup::Application;
@@ -461,30 +462,44 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
 }
 
 /// A stand-in for an OpenAI-compatible transcription API on a free port: it checks that the
-/// request carries the `file` and `model` parts and answers `text` after `delay`. Returns the
-/// endpoint's URL and the server's handle.
-pub fn fake_stt(text: &'static str, delay: std::time::Duration) -> (String, actix_web::dev::ServerHandle) {
+/// request carries the `file` and `model` parts and answers `text` after `delay`.
+pub fn fake_stt(text: &'static str, delay: std::time::Duration) -> FakeStt {
     use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let transcribe = move |req: HttpRequest, body: web::Bytes| async move {
-        let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let form = String::from_utf8_lossy(&body);
-        if !content_type.starts_with("multipart/form-data")
-            || !form.contains("name=\"file\"")
-            || !form.contains("name=\"model\"")
-        {
-            return HttpResponse::BadRequest().finish();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let called = calls.clone();
+    let transcribe = move |req: HttpRequest, body: web::Bytes| {
+        called.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let form = String::from_utf8_lossy(&body);
+            if !content_type.starts_with("multipart/form-data")
+                || !form.contains("name=\"file\"")
+                || !form.contains("name=\"model\"")
+            {
+                return HttpResponse::BadRequest().finish();
+            }
+            tokio::time::sleep(delay).await;
+            HttpResponse::Ok().json(serde_json::json!({"text": text}))
         }
-        tokio::time::sleep(delay).await;
-        HttpResponse::Ok().json(serde_json::json!({"text": text}))
     };
-    let server = HttpServer::new(move || App::new().route("/v1/audio/transcriptions", web::post().to(transcribe)))
-        .listen(listener)
-        .unwrap()
-        .workers(1)
-        .run();
+    let server =
+        HttpServer::new(move || App::new().route("/v1/audio/transcriptions", web::post().to(transcribe.clone())))
+            .listen(listener)
+            .unwrap()
+            .workers(1)
+            .run();
     let handle = server.handle();
     tokio::spawn(server);
-    (format!("http://127.0.0.1:{port}/v1/audio/transcriptions"), handle)
+    FakeStt { url: format!("http://127.0.0.1:{port}/v1/audio/transcriptions"), handle, calls }
+}
+
+/// A running [`fake_stt`].
+pub struct FakeStt {
+    /// The endpoint's URL, for `STT_URL`.
+    pub url: String,
+    pub handle: actix_web::dev::ServerHandle,
+    /// How many requests reached it (counted on arrival, before its delay).
+    pub calls: Arc<AtomicUsize>,
 }

@@ -105,10 +105,11 @@ async fn webm_is_accepted_undecoded_text_is_415_and_oversize_is_413_with_no_file
 
 #[tokio::test]
 async fn uploads_are_transcribed_by_the_configured_stt_backend() {
-    let (stt_url, stt_handle) = crate::helpers::fake_stt("transcribed by stt", std::time::Duration::ZERO);
-    let app = TestApp::spawn_with(&["--stt-url", &stt_url]).await;
+    let stt = crate::helpers::fake_stt("transcribed by stt", std::time::Duration::ZERO);
+    let app = TestApp::spawn_with(&["--stt-url", &stt.url]).await;
     let upload = form(sine_wav(8_000, 1, 0.2, 0.3)).text("transcript", "the client's guess");
     let body: Value = app.upload_audio(upload).await.json().await.unwrap();
     assert_eq!(body["transcript"], "transcribed by stt", "STT wins over the client's transcript part");
-    stt_handle.stop(false).await;
+    assert_eq!(stt.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one upload, one transcription");
+    stt.handle.stop(false).await;
 }
