@@ -12,7 +12,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, TransactionManage
 use std::borrow::Cow;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a request waits for a connection that the pool has room to open. Against a live
@@ -24,7 +25,7 @@ pub const FAIL_FAST: Duration = Duration::from_secs(1);
 /// A connection from the pool (see [`waiting`]), or this worker's warm one when it is free
 /// (see [`Conn`]).
 pub async fn acquire(pool: &PgPool) -> Result<Conn, sqlx::Error> {
-    let (pool_id, failures) = (warm::id(pool), FAILURES.load(Ordering::Relaxed));
+    let (pool_id, failures) = (warm::id(pool), warm::failures());
     if let Some((conn, since)) = warm::take(pool_id) {
         return Ok(Conn { inner: Some(Inner::Warm(conn)), pool: pool_id, since, failures });
     }
@@ -32,9 +33,13 @@ pub async fn acquire(pool: &PgPool) -> Result<Conn, sqlx::Error> {
     Ok(Conn { inner: Some(Inner::Pooled(pooled)), pool: pool_id, since: Instant::now(), failures })
 }
 
-/// Statements that failed because the database was unreachable, since the start: a connection
-/// out of the pool while this moved may be dead, and does not stay warm.
-static FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Statements of one server that failed because the database was unreachable, since it
+/// started: a connection out of its pool while this moved may be dead, and does not stay warm.
+/// The server's workers share it ([`keep_warm`]); counted per server, not per process, so that
+/// one server's outage does not make another's connections suspect (the tests run many servers
+/// in one process).
+#[derive(Clone, Default)]
+pub struct Failures(Arc<AtomicU64>);
 
 /// A connection for a few statements, from [`acquire`].
 ///
@@ -49,7 +54,7 @@ static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// ([`keep_warm`]).
 ///
 /// A connection that may be broken goes back to the pool instead, where the ping tests it: one
-/// that was out while any statement found the database unreachable, one left in a
+/// that was out while any statement of its server found the database unreachable ([`Failures`]), one left in a
 /// transaction, one opened before the embedded cluster last crashed. A statement cancelled
 /// midway leaves its answer unread; the connection's next statement reads it first, as the
 /// ping would have.
@@ -59,7 +64,7 @@ pub struct Conn {
     pool: usize,
     /// When it left the pool: a crash of the embedded cluster after this killed it.
     since: Instant,
-    /// [`FAILURES`] when it was handed out.
+    /// Its server's [`Failures`] when it was handed out.
     failures: u64,
 }
 
@@ -92,7 +97,7 @@ impl std::ops::DerefMut for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let sound = FAILURES.load(Ordering::Relaxed) == self.failures && !self.is_in_transaction();
+        let sound = warm::failures() == self.failures && !self.is_in_transaction();
         // Not sound: a warm one closes, a pooled one goes back to its pool, which tests it.
         match self.inner.take().expect(HELD) {
             Inner::Warm(conn) => warm::back(self.pool, sound.then_some((conn, self.since))),
@@ -109,16 +114,18 @@ pub use warm::keep as keep_warm;
 /// The worker's warm connection: a thread-local slot, since a connection belongs to the
 /// runtime of the worker that opened it (see `startup::worker_pool`).
 mod warm {
-    use super::cluster;
+    use super::{cluster, Failures};
     use sqlx::postgres::PgPool;
     use sqlx::PgConnection;
     use std::cell::RefCell;
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Instant;
 
     struct Slot {
         pool: usize,
         state: State,
+        failures: Failures,
     }
 
     enum State {
@@ -140,8 +147,24 @@ mod warm {
 
     /// Keeps one connection of `pool`, the worker's own (one smaller for it), warm on this
     /// thread (see [`super::Conn`]).
-    pub fn keep(pool: &PgPool) {
-        SLOT.with_borrow_mut(|slot| *slot = Some(Slot { pool: id(pool), state: State::Wanted }));
+    pub fn keep(pool: &PgPool, failures: &Failures) {
+        SLOT.with_borrow_mut(|slot| {
+            *slot = Some(Slot { pool: id(pool), state: State::Wanted, failures: failures.clone() })
+        });
+    }
+
+    /// This thread's server's [`Failures`] so far (none where no connection is kept warm).
+    pub fn failures() -> u64 {
+        SLOT.with_borrow(|slot| slot.as_ref().map_or(0, |s| s.failures.0.load(Ordering::Relaxed)))
+    }
+
+    /// A statement on this thread found the database unreachable.
+    pub fn failed() {
+        SLOT.with_borrow(|slot| {
+            if let Some(slot) = slot {
+                slot.failures.0.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// The warm connection, when it is home and belongs to pool `pool`.
@@ -197,7 +220,7 @@ pub struct Tx {
 
 impl Tx {
     /// Commits. On an error the transaction is still held: let the caller see the error (an
-    /// outage marks every connection out as suspect, [`FAILURES`]) before it drops it.
+    /// outage marks every connection out as suspect, [`Failures`]) before it drops it.
     pub async fn commit(&mut self) -> Result<(), sqlx::Error> {
         Manager::commit(&mut self.conn).await?;
         self.open = false;
@@ -275,13 +298,13 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::Error as E;
         match &error {
             E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::Protocol(_) => {
-                FAILURES.fetch_add(1, Ordering::Relaxed);
+                warm::failed();
                 StoreError::Unavailable(error)
             }
             E::Database(db) => match sqlstate(db.as_ref()).unwrap_or_default().as_ref() {
                 // Class 08 (connection), 57P0x (shutdown / cannot connect now), 53 (resources).
                 c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
-                    FAILURES.fetch_add(1, Ordering::Relaxed);
+                    warm::failed();
                     StoreError::Unavailable(error)
                 }
                 // Someone else got there first: safe to retry, and never a 500.

@@ -74,6 +74,7 @@ impl Application {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, max_connections as usize);
         let started = Arc::new(AtomicUsize::new(0));
+        let failures = crate::db::Failures::default();
         let pools = web::Data::new(WorkerPools::default());
         let tokens = web::Data::new(ApiTokens::parse(settings.api_tokens.as_deref()));
         let json = JsonConfig { limit: settings.max_json_bytes, require_content_type: !tokens.enabled() };
@@ -91,7 +92,7 @@ impl Application {
             let warm = connections > 1;
             let pool = worker_pool(&pool, connections - u32::from(warm));
             if warm {
-                crate::db::keep_warm(&pool);
+                crate::db::keep_warm(&pool, &failures);
             }
             pools.insert(worker, pool.clone());
             if worker == 0 {
