@@ -35,9 +35,11 @@ pub async fn acquire(pool: &PgPool) -> Result<Conn, sqlx::Error> {
 
 /// Statements of one server that failed because the database was unreachable, since it
 /// started: a connection out of its pool while this moved may be dead, and does not stay warm.
-/// The server's workers share it ([`keep_warm`]); counted per server, not per process, so that
-/// one server's outage does not make another's connections suspect (the tests run many servers
-/// in one process).
+/// Counted per server, not per process, so that one server's outage does not make another's
+/// connections suspect (the tests run many servers in one process). The workers that keep a
+/// connection warm share it ([`keep_warm`]) and count into it. A worker that keeps none (it
+/// has a single connection) does not count: then the others learn of an outage from their own
+/// statements.
 #[derive(Clone, Default)]
 pub struct Failures(Arc<AtomicU64>);
 
@@ -54,10 +56,10 @@ pub struct Failures(Arc<AtomicU64>);
 /// ([`keep_warm`]).
 ///
 /// A connection that may be broken goes back to the pool instead, where the ping tests it: one
-/// that was out while any statement of its server found the database unreachable ([`Failures`]), one left in a
-/// transaction, one opened before the embedded cluster last crashed. A statement cancelled
-/// midway leaves its answer unread; the connection's next statement reads it first, as the
-/// ping would have.
+/// that was out while any statement of its server found the database unreachable
+/// ([`Failures`]), one left in a transaction, one opened before the embedded cluster last
+/// crashed. A statement cancelled midway leaves its answer unread; the connection's next
+/// statement reads it first, as the ping would have.
 pub struct Conn {
     inner: Option<Inner>,
     /// The pool it came from ([`warm::id`]).
