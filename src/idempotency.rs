@@ -25,6 +25,10 @@
 //! while its request is still running and a retry takes the key over, the fence (`claim_id`)
 //! makes the late request's transaction roll back: never two effects.
 //!
+//! Keyed save-analysis upserts take step 2 together: the transaction of their coalesced batch
+//! (`conversations::batcher`) stores every write's response with [`complete_many`], each fenced
+//! by its own `claim_id`, and commits them with the batch's effects.
+//!
 //! The coalesced counters skip step 1: their batch's one statement inserts the keys' records
 //! itself, pointing at the row the answer is rendered from (`idempotency_answer_rows`), so
 //! claim, effect and record commit together and no lease is needed ([`Claim::deferred`]).
@@ -52,5 +56,7 @@ pub use claims::Claims;
 pub use guard::held_elsewhere;
 pub use guard::{keys, KeyHeader, Keys, Scope, HEADER, REPLAYED};
 pub use layer::Layer;
-pub use store::{held_keys, purge_expired, render_rows_with, ClaimColumns, RowAnswers, StoredResponse};
+pub use store::{
+    complete, complete_many, held_keys, purge_expired, render_rows_with, ClaimColumns, RowAnswers, StoredResponse,
+};
 pub use writer::{WriteConn, Writer};

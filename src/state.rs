@@ -4,12 +4,12 @@
 
 use crate::coalesce::{Lookup, Reads};
 use crate::conversations::audio::AudioStore;
-use crate::conversations::model::{AnalysisUpsert, Conversation};
+use crate::conversations::model::AnalysisUpsert;
 use crate::conversations::stt::Stt;
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{Claim, IdempotencyConfig};
 use crate::participations::model::Delta;
-use crate::reply::{Outcome, Reply};
+use crate::reply::Reply;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -62,7 +62,8 @@ impl<L: Lookup> Lookups<L> {
     }
 }
 
-/// Plain save-analysis upserts: the coalescer, shared by the workers, and the worker's pool.
+/// Save-analysis upserts without `If-Match`: the coalescer, shared by the workers, and the
+/// worker's pool.
 #[derive(Clone)]
 pub struct Upserts {
     pub batcher: crate::conversations::batcher::Batcher,
@@ -70,8 +71,8 @@ pub struct Upserts {
 }
 
 impl Upserts {
-    pub async fn upsert(&self, input: AnalysisUpsert) -> ApiResult<(Conversation, Outcome)> {
-        self.batcher.upsert(&self.pool, input).await
+    pub async fn upsert(&self, input: AnalysisUpsert, claim: Option<Claim>) -> ApiResult<Reply> {
+        self.batcher.upsert(&self.pool, input, claim).await
     }
 }
 

@@ -2,6 +2,8 @@
 
 use crate::domain::{check_json_storable, optional_header, optional_text, or_null, text_schema, Patch, SessionId};
 use crate::error::{ApiError, FieldError};
+use crate::reply::{Outcome, Reply};
+use actix_web::http::header;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -82,6 +84,11 @@ impl Conversation {
 
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.version)
+    }
+
+    /// The answer of a write that left the conversation so.
+    pub fn reply(&self, outcome: Outcome) -> Reply {
+        Reply::written("conversation", outcome, self, || self.location()).header(header::ETAG, self.etag())
     }
 }
 

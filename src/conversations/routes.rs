@@ -17,11 +17,6 @@ use crate::state::{Db, Lookups, Uploads, Upserts};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-fn conversation_reply(conversation: &Conversation, outcome: Outcome) -> Reply {
-    Reply::written("conversation", outcome, conversation, || conversation.location())
-        .header(header::ETAG, conversation.etag())
-}
-
 // A session id in a path: one that cannot exist is simply not found.
 path_segment!(
     SessionId,
@@ -64,12 +59,12 @@ pub async fn create(
     let new = body.0.validate()?;
     if let Some(session_id) = &new.session_id {
         if let Some(found) = lookups.find(session_id.as_str().to_owned()).await? {
-            return writer.answer(conversation_reply(&found, Outcome::Unchanged)).await;
+            return writer.answer(found.reply(Outcome::Unchanged)).await;
         }
     }
     let mut conn = writer.begin().await?;
     let result = store::insert_or_find(&mut conn, new).await;
-    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+    writer.finish(conn, result.map(|(c, outcome)| c.reply(outcome))).await
 }
 
 #[utoipa::path(
@@ -135,15 +130,14 @@ pub async fn save_analysis(
 ) -> ApiResult<HttpResponse> {
     let if_match = req.headers().get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("?"));
     let input = body.0.validate(parse_if_match(if_match)?)?;
-    // A keyed upsert's record and an If-Match check belong to its own transaction; the rest
-    // share statements with concurrent upserts.
-    if writer.claim().is_none() && input.expected_version.is_none() {
-        let (conversation, outcome) = upserts.upsert(input).await?;
-        return Ok(conversation_reply(&conversation, outcome).into_response());
+    // An If-Match check belongs to its own transaction; the rest share statements with
+    // concurrent upserts, and keyed ones store their records in their batch's transaction.
+    if input.expected_version.is_none() {
+        return Ok(upserts.upsert(input, writer.into_claim()).await?.into_response());
     }
     let mut conn = writer.begin().await?;
     let result = store::upsert_analysis(&mut conn, &input).await;
-    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+    writer.finish(conn, result.map(|(c, outcome)| c.reply(outcome))).await
 }
 
 /// Stores and analyses the audio, transcribes it when STT is configured, then performs the
@@ -199,7 +193,7 @@ pub async fn upload_audio(
         store::upsert_analysis(&mut conn, &input).await
     }
     .await;
-    writer.finish(conn, result.map(|(c, outcome)| conversation_reply(&c, outcome))).await
+    writer.finish(conn, result.map(|(c, outcome)| c.reply(outcome))).await
 }
 
 #[utoipa::path(

@@ -251,6 +251,39 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
     Ok(stored.rows_affected() == 1)
 }
 
+/// [`complete`] for many claims in one statement, each with its own response: the claim ids
+/// whose responses were stored. A claim missing from them was taken over, and the caller must
+/// not commit the effects.
+pub async fn complete_many(conn: &mut PgConnection, records: &[(&Claim, StoredResponse)]) -> ApiResult<Vec<Uuid>> {
+    let claims: Vec<&Claim> = records.iter().map(|(claim, _)| *claim).collect();
+    let columns = ClaimColumns::of(&claims);
+    let headers = |r: &StoredResponse| serde_json::to_value(&r.headers).expect("header pairs serialise");
+    Ok(sqlx::query_scalar!(
+        r#"WITH i AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                                    $7::int2[], $8::jsonb[], $9::bytea[])
+                   AS i (scope, key, method, path, claim_id, shard, status, headers, body)
+           )
+           UPDATE idempotency_keys k
+           SET response_status = i.status, response_headers = i.headers, response_body = i.body, completed_at = now()
+           FROM i
+           WHERE (k.scope, k.method, k.path, k.key, k.shard, k.claim_id)
+               = (i.scope, i.method, i.path, i.key, i.shard, i.claim_id)
+           RETURNING k.claim_id"#,
+        &columns.scope as &[&str],
+        &columns.key as &[&str],
+        &columns.method as &[&str],
+        &columns.path as &[&str],
+        &columns.claim_id,
+        &columns.shard,
+        &records.iter().map(|(_, r)| r.status as i16).collect::<Vec<_>>(),
+        &records.iter().map(|(_, r)| headers(r)).collect::<Vec<_>>(),
+        &records.iter().map(|(_, r)| r.body.as_slice()).collect::<Vec<_>>() as &[&[u8]],
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Gives a key back after a 5xx, so the client's retry runs the request again.
 pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
     sqlx::query!(

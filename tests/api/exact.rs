@@ -305,7 +305,7 @@ async fn a_write_the_database_refuses_fails_alone_not_the_writes_coalesced_with_
         sqlx::query(refusal).execute(&app.pool).await.unwrap();
     }
     let (n, refused_at) = (150, 75);
-    let answers: Vec<(usize, u16, u16, u16)> = stream::iter(0..n)
+    let answers: Vec<(usize, [u16; 4])> = stream::iter(0..n)
         .map(|i| {
             let (client, app) = (app.client.clone(), &app);
             let refused = i == refused_at;
@@ -314,7 +314,12 @@ async fn a_write_the_database_refuses_fails_alone_not_the_writes_coalesced_with_
             let cost = if refused { "0.424242" } else { "0.01" };
             let id = id.clone();
             async move {
-                let saved = app.save_analysis(json!({"session_id": format!("s-{i}"), "transcript": transcript}));
+                let saved = app.save_analysis(json!({"session_id": format!("s-{i}"), "transcript": &transcript}));
+                let saved_keyed = client
+                    .post(app.url("/api/save-analysis"))
+                    .header("idempotency-key", format!("key-{i}"))
+                    .json(&json!({"session_id": format!("ks-{i}"), "transcript": &transcript}))
+                    .send();
                 let keyed = client
                     .post(app.url("/api/conversations"))
                     .header("idempotency-key", key)
@@ -322,24 +327,27 @@ async fn a_write_the_database_refuses_fails_alone_not_the_writes_coalesced_with_
                     .send();
                 let impressions = format!("/api/participations/{id}/impressions");
                 let counted = app.post_json(&impressions, json!({"cost": cost}));
-                let (saved, keyed, counted) = tokio::join!(saved, keyed, counted);
+                let (saved, saved_keyed, keyed, counted) = tokio::join!(saved, saved_keyed, keyed, counted);
                 let status = |r: &reqwest::Response| r.status().as_u16();
-                (i, status(&saved), status(&keyed.unwrap()), status(&counted))
+                (i, [status(&saved), status(&saved_keyed.unwrap()), status(&keyed.unwrap()), status(&counted)])
             }
         })
         .buffer_unordered(48)
         .collect()
         .await;
-    for (i, saved, keyed, counted) in answers {
+    for (i, statuses) in answers {
         if i == refused_at {
-            assert!(saved >= 500 && keyed >= 500 && counted >= 500, "the refused writes get their error");
+            assert!(statuses.iter().all(|&status| status >= 500), "the refused writes get their error: {statuses:?}");
         } else {
-            assert_eq!((saved, keyed, counted), (201, 201, 200), "write {i} is answered as if it came alone");
+            assert_eq!(statuses, [201, 201, 201, 200], "write {i} is answered as if it came alone");
         }
     }
     let others = (n - 1) as i64;
     assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 's-%'").await, others);
     assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 'k-%'").await, others);
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id LIKE 'ks-%'").await, others);
+    let stored = "SELECT count(*) FROM idempotency_keys WHERE path = '/api/save-analysis' AND response_status = 201";
+    assert_eq!(app.count(stored).await, others, "each keyed upsert that counted has its answer stored");
     assert_eq!(app.count("SELECT impressions FROM participations").await, others);
     assert_ledger_matches(&app).await;
 }

@@ -95,6 +95,89 @@ async fn retried_clicks_count_once_and_replays_are_byte_identical() {
     assert_eq!(app.count("SELECT count(*) FROM participation_events").await, 500);
 }
 
+/// Keyed save-analysis upserts share their batch's transaction, and each stores its own answer
+/// there: six logical writes to each of 50 conversations, some sent twice or three times, apply
+/// once each (a transcript of their own: a write applied twice would add a version) and are
+/// answered with the row as they left it, every copy with the bytes of the one that ran.
+#[tokio::test]
+async fn retried_save_analysis_upserts_apply_once_and_replays_are_byte_identical() {
+    let app = TestApp::spawn().await;
+    let answers = send_with_retries(
+        &app,
+        "/api/save-analysis",
+        300,
+        |i| json!({"session_id": format!("retried-{}", i % 50), "transcript": format!("t{i}")}),
+    )
+    .await;
+    assert_replays_identical(&answers);
+    let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
+    for original in answers.values().flat_map(|copies| copies.iter().filter(|a| !a.replayed)) {
+        let row: Value = serde_json::from_slice(&original.body).unwrap();
+        let session = row["session_id"].as_str().unwrap().to_owned();
+        versions.entry(session).or_default().push(row["version"].as_i64().unwrap());
+    }
+    assert_eq!(versions.len(), 50);
+    for (session, mut seen) in versions {
+        seen.sort();
+        assert_eq!(seen, [1, 2, 3, 4, 5, 6], "{session}: each write answered with its own version");
+    }
+    assert_eq!(app.count("SELECT sum(version)::int8 FROM conversations").await, 300, "each write is one version");
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys WHERE response_status IS NOT NULL").await, 300);
+    // Records completed by one transaction share its xmin: fewer transactions than writes means
+    // keyed upserts did share batches, so the test covered them.
+    let transactions = app.count("SELECT count(DISTINCT xmin::text) FROM idempotency_keys").await;
+    assert!(transactions < 300, "the 300 keyed upserts were stored by {transactions} transactions");
+}
+
+/// A keyed upsert whose lease ran out while it waited, and whose key a retry took over, has
+/// no effect: its batch rolls back at the fence and runs again one by one, so that write alone
+/// is refused (409), the keyed upserts batched with it count, and the retry's run is the one.
+#[tokio::test]
+async fn a_keyed_upsert_whose_key_was_taken_over_fails_alone_in_its_batch() {
+    let app = TestApp::spawn_with(&["--idempotency-lease", "1s"]).await;
+    for gate in ["gate-1", "gate-2"] {
+        assert_eq!(app.save_analysis(json!({"session_id": gate})).await.status(), 201);
+    }
+    // Both of the lane's batches in flight wait for a row this transaction holds, so the
+    // writes sent next queue up and go out as one batch.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM conversations WHERE session_id LIKE 'gate-%' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let send = |key: &str, session: &str| {
+        let request = app.client.post(app.url("/api/save-analysis")).header("idempotency-key", key);
+        let body = json!({"session_id": session, "transcript": "t"});
+        tokio::spawn(async move {
+            let response = request.json(&body).send().await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            (response.status().as_u16(), replayed, response.bytes().await.unwrap())
+        })
+    };
+    let gates = [send("gate-1", "gate-1"), send("gate-2", "gate-2")];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = send("victim", "v");
+    let others: Vec<_> = (0..5).map(|i| send(&format!("other-{i}"), &format!("o-{i}"))).collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the victim's lease runs out
+    let retry = send("victim", "v");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+
+    for gate in gates {
+        assert_eq!(gate.await.unwrap().0, 200);
+    }
+    assert_eq!(victim.await.unwrap().0, 409, "the write whose key was taken over is refused");
+    for other in others {
+        assert_eq!(other.await.unwrap().0, 201, "the writes batched with it count");
+    }
+    let (status, replayed, body) = retry.await.unwrap();
+    assert_eq!((status, replayed), (201, false), "the retry that took the key over ran");
+    let conversation: Value = app.get_conversation("v").await.json().await.unwrap();
+    assert_eq!(conversation["version"], 1, "one effect");
+    let replay = send("victim", "v").await.unwrap();
+    assert_eq!((replay.0, replay.1, replay.2), (201, true, body), "the key keeps the retry's answer");
+}
+
 #[tokio::test]
 async fn retried_appends_without_message_ids_add_nothing() {
     let app = TestApp::spawn().await;
