@@ -59,7 +59,9 @@ pub struct Failures(Arc<AtomicU64>);
 /// that was out while any statement of its server found the database unreachable
 /// ([`Failures`]), one left in a transaction, one opened before the embedded cluster last
 /// crashed. A statement cancelled midway leaves its answer unread; the connection's next
-/// statement reads it first, as the ping would have.
+/// statement reads it first, as the ping would have. One with messages queued and unsent goes
+/// home only once they are sent ([`warm::flush_then_back`]): a transaction dropped on an error
+/// queues its `ROLLBACK` there, and holds its locks until that goes out.
 pub struct Conn {
     inner: Option<Inner>,
     /// The pool it came from ([`warm::id`]).
@@ -100,13 +102,17 @@ impl std::ops::DerefMut for Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         let sound = warm::failures() == self.failures && !self.is_in_transaction();
-        // Not sound: a warm one closes, a pooled one goes back to its pool, which tests it.
-        match self.inner.take().expect(HELD) {
-            Inner::Warm(conn) => warm::back(self.pool, sound.then_some((conn, self.since))),
-            Inner::Pooled(conn) if sound && warm::wanted(self.pool) => {
-                warm::back(self.pool, Some((conn.detach(), self.since)))
-            }
-            Inner::Pooled(_) => {}
+        // Not sound: a warm one closes, a pooled one goes back to its pool, which tests it
+        // (and so sends what it has queued).
+        let conn = match self.inner.take().expect(HELD) {
+            Inner::Warm(conn) => conn,
+            Inner::Pooled(conn) if sound && warm::wanted(self.pool) => conn.detach(),
+            Inner::Pooled(_) => return,
+        };
+        // `should_flush` is hidden from sqlx's docs; its pool asks the same before it pings.
+        match sound && conn.should_flush() {
+            true => warm::flush_then_back(self.pool, conn, self.since),
+            false => warm::back(self.pool, sound.then_some((conn, self.since))),
         }
     }
 }
@@ -186,6 +192,20 @@ mod warm {
     /// Whether this thread keeps a connection of pool `pool` warm and wants one.
     pub fn wanted(pool: usize) -> bool {
         SLOT.with_borrow(|slot| slot.as_ref().is_some_and(|s| s.pool == pool && matches!(s.state, State::Wanted)))
+    }
+
+    /// The warm connection home once what it has queued is sent (a `ROLLBACK`, whose
+    /// transaction holds its locks until then), in a task of the worker's; a thread that is no
+    /// worker lets it go, which ends its transaction as well. Meanwhile the worker's statements
+    /// take pooled connections.
+    pub fn flush_then_back(pool: usize, mut conn: PgConnection, since: Instant) {
+        if actix_rt::Arbiter::try_current().is_none() {
+            return back(pool, None);
+        }
+        actix_rt::spawn(async move {
+            let sent = sqlx::Connection::ping(&mut conn).await.is_ok();
+            back(pool, sent.then_some((conn, since)));
+        });
     }
 
     /// The warm connection back home, or a new one for the slot; `None`: let it go (it

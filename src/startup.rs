@@ -105,7 +105,7 @@ impl Application {
                 max_multipart_bytes: uploads.max_bytes as usize + 1024 * 1024,
             });
             let counters = Counters { batcher: counters.clone(), pool: pool.clone(), idempotency };
-            let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone() };
+            let upserts = Upserts { batcher: upserts.clone(), pool: pool.clone(), idempotency };
             let chat_lookups = Lookups { reads: chat_reads.clone(), pool: pool.clone() };
             let participation_lookups = Lookups { reads: participation_reads.clone(), pool: pool.clone() };
             let conversation_lookups = Lookups { reads: conversation_reads.clone(), pool: pool.clone() };
@@ -303,7 +303,7 @@ route_table! {
             post[Keys::JSON] conversations::append_messages,
             get conversations::list_messages,
         ],
-        "/save-analysis" => [post[Keys::JSON] conversations::save_analysis],
+        "/save-analysis" => [post[Keys::IN_TRANSACTION] conversations::save_analysis],
         "/upload-audio" => [post[Keys::MULTIPART] conversations::upload_audio],
         "/audio/{id}" => [get conversations::get_audio],
         "/chats" => [post[Keys::JSON] chats::create, get chats::list],

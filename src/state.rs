@@ -68,11 +68,12 @@ impl<L: Lookup> Lookups<L> {
 pub struct Upserts {
     pub batcher: crate::conversations::batcher::Batcher,
     pub pool: PgPool,
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Upserts {
     pub async fn upsert(&self, input: AnalysisUpsert, claim: Option<Claim>) -> ApiResult<Reply> {
-        self.batcher.upsert(&self.pool, input, claim).await
+        self.batcher.upsert(&self.pool, self.idempotency, input, claim).await
     }
 }
 

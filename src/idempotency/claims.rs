@@ -54,7 +54,8 @@ impl Claims {
 async fn write(pool: &PgPool, jobs: Vec<Job>, config: IdempotencyConfig) {
     let statement = async |claims: &[&Claim]| {
         let mut conn = crate::db::acquire(pool).await?;
-        let won = store::claim_many(&mut conn, claims, None, config).await?;
+        let unanswered: Vec<_> = claims.iter().map(|claim| (*claim, None)).collect();
+        let won = store::claim_many(&mut conn, &unanswered, config).await?;
         Ok(claims.iter().map(|claim| won.contains(&claim.claim_id)).collect())
     };
     coalesce::settle(jobs, statement, "claim").await;

@@ -61,8 +61,9 @@ impl utoipa::IntoParams for KeyHeader {
 /// How a route takes `Idempotency-Key`s: declared where the route is registered.
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {
-    /// The route's statement claims the key itself, with its effect (the coalesced counters),
-    /// instead of the guard claiming it before the handler runs.
+    /// The route's write claims the key itself, in the statement or the transaction of its
+    /// effect (the coalesced counters, save-analysis), instead of the guard claiming it before
+    /// the handler runs.
     pub claimed_in_statement: bool,
     /// A multipart body (upload-audio): the larger limit, and the boundary is not fingerprinted.
     pub multipart: bool,
@@ -79,6 +80,9 @@ impl Keys {
     /// A coalesced counter write, whose batch statement records the key beside the
     /// participation it counts for.
     pub const IN_STATEMENT: Keys = Keys { claimed_in_statement: true, multipart: false, beside: Some("id") };
+    /// A JSON write that records its key in the transaction of its effect (save-analysis,
+    /// whose coalesced batches record their keys so): no claim of its own, no lease.
+    pub const IN_TRANSACTION: Keys = Keys { claimed_in_statement: true, multipart: false, beside: None };
 }
 
 /// The guard as a route's middleware (`web::post().to(handler).wrap(keys(Keys::JSON))`).

@@ -68,26 +68,27 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
-/// their TTL; returns the `claim_id`s that won. With `answer`, the keys are recorded as
-/// answered at once (an answer given without a write, see [`claim_and_store`]). Rows are
-/// claimed in key order, so two statements claiming the same keys lock them in the same order
-/// and cannot deadlock.
+/// their TTL; returns the `claim_id`s that won. A claim given with an answer is recorded as
+/// answered at once: an answer given without a write ([`claim_and_store`]), or one whose write
+/// runs in the same transaction ([`record`]). Rows are claimed in key order, so two
+/// statements claiming the same keys lock them in the same order and cannot deadlock.
 pub async fn claim_many(
     conn: &mut PgConnection,
-    claims: &[&Claim],
-    answer: Option<&StoredResponse>,
+    claims: &[(&Claim, Option<&StoredResponse>)],
     config: IdempotencyConfig,
 ) -> ApiResult<Vec<Uuid>> {
-    let columns = ClaimColumns::of(claims);
+    let columns = ClaimColumns::of(&claims.iter().map(|(claim, _)| *claim).collect::<Vec<_>>());
+    let answers = || claims.iter().map(|(_, answer)| *answer);
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
                (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
                 response_status, response_headers, response_body, completed_at)
            SELECT scope, key, method, path, shard, fingerprint, claim_id,
                   now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000),
-                  $9::int2, $10::jsonb, $11::bytea, CASE WHEN $9::int2 IS NOT NULL THEN now() END
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[], $12::uuid[])
-                AS i (scope, key, method, path, fingerprint, claim_id, shard)
+                  status, headers, body, CASE WHEN status IS NOT NULL THEN now() END
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[], $9::uuid[],
+                       $10::int2[], $11::jsonb[], $12::bytea[])
+                AS i (scope, key, method, path, fingerprint, claim_id, shard, status, headers, body)
            ORDER BY key, path, method, scope, shard
            ON CONFLICT (scope, method, path, key, shard) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
@@ -106,13 +107,31 @@ pub async fn claim_many(
         &columns.claim_id,
         millis(config.lease) as f64,
         millis(config.ttl) as f64,
-        answer.map(|a| a.status as i16),
-        answer.map(|a| serde_json::to_value(&a.headers).expect("header pairs serialise")),
-        answer.map(|a| a.body.as_slice()),
         &columns.shard,
+        &answers().map(|a| a.map(|a| a.status as i16)).collect::<Vec<_>>() as &[Option<i16>],
+        &answers().map(|a| a.map(headers_json)).collect::<Vec<_>>() as &[Option<serde_json::Value>],
+        &answers().map(|a| a.map(|a| a.body.as_slice())).collect::<Vec<_>>() as &[Option<&[u8]>],
     )
     .fetch_all(conn)
     .await?)
+}
+
+fn headers_json(response: &StoredResponse) -> serde_json::Value {
+    serde_json::to_value(&response.headers).expect("header pairs serialise")
+}
+
+/// Records the keys with the answers of writes made in the same transaction, for routes whose
+/// keys are claimed by the write itself ([`Claim::deferred`]): the `claim_id`s recorded. A key
+/// missing from them is held by another request (see [`inspect`]); the caller must roll its
+/// effects back. A key another transaction is recording waits for that one to end.
+pub async fn record(
+    conn: &mut PgConnection,
+    records: &[(&Claim, &StoredResponse)],
+    config: IdempotencyConfig,
+) -> ApiResult<Vec<Uuid>> {
+    let claims: Vec<(&Claim, Option<&StoredResponse>)> =
+        records.iter().map(|(claim, answer)| (*claim, Some(*answer))).collect();
+    claim_many(conn, &claims, config).await
 }
 
 /// Renders the answer of a record that keeps a row instead of a body (`response_row_id`, and
@@ -222,7 +241,7 @@ pub async fn claim_and_store(
     config: IdempotencyConfig,
 ) -> ApiResult<Claimed> {
     let mut conn = crate::db::acquire(pool).await?;
-    if claim_many(&mut conn, &[claim], Some(response), config).await?.is_empty() {
+    if record(&mut conn, &[(claim, response)], config).await?.is_empty() {
         return inspect(pool, claim).await;
     }
     Ok(Claimed::Ours)
@@ -242,46 +261,13 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
         claim.key,
         claim.claim_id,
         response.status as i16,
-        serde_json::to_value(&response.headers).expect("header pairs serialise"),
+        headers_json(response),
         response.body,
         claim.shard,
     )
     .execute(conn)
     .await?;
     Ok(stored.rows_affected() == 1)
-}
-
-/// [`complete`] for many claims in one statement, each with its own response: the claim ids
-/// whose responses were stored. A claim missing from them was taken over, and the caller must
-/// not commit the effects.
-pub async fn complete_many(conn: &mut PgConnection, records: &[(&Claim, StoredResponse)]) -> ApiResult<Vec<Uuid>> {
-    let claims: Vec<&Claim> = records.iter().map(|(claim, _)| *claim).collect();
-    let columns = ClaimColumns::of(&claims);
-    let headers = |r: &StoredResponse| serde_json::to_value(&r.headers).expect("header pairs serialise");
-    Ok(sqlx::query_scalar!(
-        r#"WITH i AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                                    $7::int2[], $8::jsonb[], $9::bytea[])
-                   AS i (scope, key, method, path, claim_id, shard, status, headers, body)
-           )
-           UPDATE idempotency_keys k
-           SET response_status = i.status, response_headers = i.headers, response_body = i.body, completed_at = now()
-           FROM i
-           WHERE (k.scope, k.method, k.path, k.key, k.shard, k.claim_id)
-               = (i.scope, i.method, i.path, i.key, i.shard, i.claim_id)
-           RETURNING k.claim_id"#,
-        &columns.scope as &[&str],
-        &columns.key as &[&str],
-        &columns.method as &[&str],
-        &columns.path as &[&str],
-        &columns.claim_id,
-        &columns.shard,
-        &records.iter().map(|(_, r)| r.status as i16).collect::<Vec<_>>(),
-        &records.iter().map(|(_, r)| headers(r)).collect::<Vec<_>>(),
-        &records.iter().map(|(_, r)| r.body.as_slice()).collect::<Vec<_>>() as &[&[u8]],
-    )
-    .fetch_all(conn)
-    .await?)
 }
 
 /// Gives a key back after a 5xx, so the client's retry runs the request again.

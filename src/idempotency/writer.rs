@@ -1,6 +1,7 @@
 //! The begin/finish pair every POST handler writes through.
 
-use super::claim::Claim;
+use super::claim::{Claim, IdempotencyConfig};
+use super::guard::held_elsewhere;
 use super::layer::Layer;
 use super::store::{self, StoredResponse};
 use crate::error::{ApiError, ApiResult};
@@ -16,6 +17,7 @@ use std::ops::{Deref, DerefMut};
 pub struct Writer {
     pool: PgPool,
     claim: Option<Claim>,
+    config: IdempotencyConfig,
 }
 
 impl FromRequest for Writer {
@@ -25,7 +27,8 @@ impl FromRequest for Writer {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let layer = req.app_data::<web::Data<Layer>>().expect("the idempotency layer is registered");
         // Taken, not cloned: one Writer per request, and the guard keeps its own copy.
-        ready(Ok(Self { pool: layer.pool.clone(), claim: req.extensions_mut().remove::<Claim>() }))
+        let claim = req.extensions_mut().remove::<Claim>();
+        ready(Ok(Self { pool: layer.pool.clone(), claim, config: layer.config }))
     }
 }
 
@@ -83,12 +86,20 @@ impl Writer {
         }
     }
 
-    /// On success with a claimed key: store the response in the transaction, then commit.
+    /// On success with a key: store the response in the transaction, then commit. A key the
+    /// write claims itself ([`Claim::deferred`]) is recorded here; if another request holds
+    /// it, the effect rolls back and that request's answer is ours.
     /// On an error the transaction rolls back (dropped) and the guard decides what to keep.
     pub async fn finish(&self, conn: WriteConn, result: Result<Reply, impl Into<ApiError>>) -> ApiResult<HttpResponse> {
         let reply = result.map_err(Into::into)?;
         if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
-            if !store::complete(&mut tx, claim, &StoredResponse::from(&reply)).await? {
+            let response = StoredResponse::from(&reply);
+            if claim.deferred {
+                if store::record(&mut tx, &[(claim, &response)], self.config).await?.is_empty() {
+                    drop(tx);
+                    return Ok(held_elsewhere(&self.pool, claim).await?.into_response());
+                }
+            } else if !store::complete(&mut tx, claim, &response).await? {
                 // Our lease ran out and a retry owns the key now: its run counts, not ours.
                 return Err(ApiError::IdempotencyKeyInFlight { retry_after_secs: 1 });
             }

@@ -268,6 +268,13 @@ async fn if_match_writes_on_match_and_409s_on_mismatch_writing_nothing() {
     assert_eq!(matched.headers()["etag"], "\"2\"");
     let stale = send("\"1\"", "three").await.unwrap();
     assert_problem(stale, 409, "version_mismatch").await;
+    // The refused write locked the row to check its version. Its rollback has let the lock go,
+    // though the server is idle now and sends its connections nothing more.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '5s'").execute(&mut *tx).await.unwrap();
+    let locked = sqlx::query("SELECT 1 FROM conversations WHERE session_id = 'v' FOR UPDATE").execute(&mut *tx).await;
+    assert!(locked.is_ok(), "the row is free after a refused write: {locked:?}");
+    tx.rollback().await.unwrap();
     let stored: Value = app.get_conversation("v").await.json().await.unwrap();
     assert_eq!(
         (stored["transcript"].as_str(), stored["version"].as_i64()),

@@ -129,22 +129,16 @@ async fn retried_save_analysis_upserts_apply_once_and_replays_are_byte_identical
     assert!(transactions < 300, "the 300 keyed upserts were stored by {transactions} transactions");
 }
 
-/// A keyed upsert whose lease ran out while it waited, and whose key a retry took over, has
-/// no effect: its batch rolls back at the fence and runs again one by one, so that write alone
-/// is refused (409), the keyed upserts batched with it count, and the retry's run is the one.
+/// Keyed upserts record their keys in their batch's transaction, with no claim before: a
+/// duplicate sent while the first is in flight waits for it and replays it, and a batch that
+/// meets a key another request holds (a retry, or the key under another body) goes again
+/// without that write, as one transaction still, while that write is answered from the record.
 #[tokio::test]
-async fn a_keyed_upsert_whose_key_was_taken_over_fails_alone_in_its_batch() {
-    let app = TestApp::spawn_with(&["--idempotency-lease", "1s"]).await;
+async fn a_keyed_upsert_whose_key_is_held_leaves_its_batch_and_is_answered_from_the_record() {
+    let app = TestApp::spawn().await;
     for gate in ["gate-1", "gate-2"] {
         assert_eq!(app.save_analysis(json!({"session_id": gate})).await.status(), 201);
     }
-    // Both of the lane's batches in flight wait for a row this transaction holds, so the
-    // writes sent next queue up and go out as one batch.
-    let mut lock = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM conversations WHERE session_id LIKE 'gate-%' FOR UPDATE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
     let send = |key: &str, session: &str| {
         let request = app.client.post(app.url("/api/save-analysis")).header("idempotency-key", key);
         let body = json!({"session_id": session, "transcript": "t"});
@@ -154,28 +148,43 @@ async fn a_keyed_upsert_whose_key_was_taken_over_fails_alone_in_its_batch() {
             (response.status().as_u16(), replayed, response.bytes().await.unwrap())
         })
     };
-    let gates = [send("gate-1", "gate-1"), send("gate-2", "gate-2")];
+    let done = send("done", "d").await.unwrap();
+    assert_eq!((done.0, done.1), (201, false));
+    // The lane's two batches in flight wait for a row this transaction holds, so the writes
+    // sent after them queue up and go out as one batch.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM conversations WHERE session_id = 'gate-1' FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let first = send("first", "gate-1");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let victim = send("victim", "v");
+    let duplicate = send("first", "gate-1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let others: Vec<_> = (0..5).map(|i| send(&format!("other-{i}"), &format!("o-{i}"))).collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the victim's lease runs out
-    let retry = send("victim", "v");
+    let retry = send("done", "d");
+    let reused = send("done", "m");
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.rollback().await.unwrap();
 
-    for gate in gates {
-        assert_eq!(gate.await.unwrap().0, 200);
-    }
-    assert_eq!(victim.await.unwrap().0, 409, "the write whose key was taken over is refused");
+    let first = first.await.unwrap();
+    assert_eq!((first.0, first.1), (200, false));
+    assert_eq!(duplicate.await.unwrap(), (200, true, first.2), "the duplicate waited and replays the first");
+    assert_eq!(app.get_conversation("gate-1").await.json::<Value>().await.unwrap()["version"], 2, "one effect");
     for other in others {
-        assert_eq!(other.await.unwrap().0, 201, "the writes batched with it count");
+        assert_eq!(other.await.unwrap().0, 201, "the writes batched with held keys count");
     }
-    let (status, replayed, body) = retry.await.unwrap();
-    assert_eq!((status, replayed), (201, false), "the retry that took the key over ran");
-    let conversation: Value = app.get_conversation("v").await.json().await.unwrap();
-    assert_eq!(conversation["version"], 1, "one effect");
-    let replay = send("victim", "v").await.unwrap();
-    assert_eq!((replay.0, replay.1, replay.2), (201, true, body), "the key keeps the retry's answer");
+    assert_eq!(retry.await.unwrap(), (201, true, done.2), "the retry replays the record");
+    assert_problem_status(reused.await.unwrap(), 422, "idempotency_key_reused");
+    assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id = 'm'").await, 0, "nothing written");
+    // The writes left went again together: one transaction recorded them all.
+    let transactions = app.count("SELECT count(DISTINCT xmin::text) FROM idempotency_keys WHERE key LIKE 'other-%'");
+    assert_eq!(transactions.await, 1);
+}
+
+fn assert_problem_status((status, replayed, body): (u16, bool, bytes::Bytes), expected: u16, code: &str) {
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, replayed, problem["code"].as_str()), (expected, false, Some(code)), "{problem}");
 }
 
 #[tokio::test]

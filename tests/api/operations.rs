@@ -245,9 +245,11 @@ async fn warm_connections_are_kept_and_a_killed_one_fails_one_statement() {
 }
 
 /// Keyed writes run in a transaction on the worker's warm connection (`db::begin`). One dropped
-/// uncommitted (its handler failed) must leave nothing behind for the connection's next user:
-/// the rollback goes out before that user's first statement, and the connection stays warm.
-#[tokio::test]
+/// uncommitted (its handler failed) must let its locks go at once, though no statement follows
+/// on its connection, and leave nothing behind for the connection's next user; the connection
+/// stays warm. It runs as a worker does, on an actix runtime, where the rollback is sent by a
+/// task of its own before the connection goes home.
+#[actix_web::test]
 async fn a_transaction_dropped_uncommitted_leaves_its_warm_connection_clean_and_warm() {
     let app = TestApp::spawn().await;
     // This test's own count of failures: the outages other tests cause in this process are
@@ -260,7 +262,18 @@ async fn a_transaction_dropped_uncommitted_leaves_its_warm_connection_clean_and_
     let in_tx: i32 = sqlx::query_scalar(backend).fetch_one(&mut *tx).await.unwrap();
     assert_eq!(in_tx, warm, "the transaction runs on the warm connection");
     sqlx::query("CREATE TEMP TABLE left_behind (x int)").execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(4242)").execute(&mut *tx).await.unwrap();
     drop(tx);
+    let mut other = app.pool.acquire().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock(4242)").fetch_one(&mut *other).await.unwrap() {
+        assert!(Instant::now() < deadline, "the dropped transaction still holds its lock after 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut *other).await.unwrap();
+    drop(other);
+    // The task that sent the rollback puts the connection home when the answer is back.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut next = upsertd::db::acquire(&app.pool).await.unwrap();
     let (next_pid, table): (i32, Option<String>) =
         sqlx::query_as("SELECT pg_backend_pid(), to_regclass('pg_temp.left_behind')::text")
