@@ -25,16 +25,21 @@
 //! while its request is still running and a retry takes the key over, the fence (`claim_id`)
 //! makes the late request's transaction roll back: never two effects.
 //!
-//! Keyed save-analysis upserts take step 2 together: the transaction of their coalesced batch
-//! (`conversations::batcher`) stores every write's response with [`complete_many`], each fenced
-//! by its own `claim_id`, and commits them with the batch's effects.
-//!
-//! The coalesced counters skip step 1: their batch's one statement inserts the keys' records
-//! itself, pointing at the row the answer is rendered from (`idempotency_answer_rows`), so
-//! claim, effect and record commit together and no lease is needed ([`Claim::deferred`]).
-//! Their records and answer rows also carry the participation's id as their place
-//! ([`Claim::shard`]), which on Citus puts them on the participation's shard: the statement
-//! stays on one.
+//! Two kinds of write skip step 1 and record their keys with their effects
+//! ([`Claim::deferred`], [`Keys::IN_STATEMENT`] and [`Keys::IN_TRANSACTION`]), so no lease is
+//! needed and a crash leaves no claim behind:
+//! - The coalesced counters: their batch's one statement inserts the keys' records itself,
+//!   pointing at the row the answer is rendered from (`idempotency_answer_rows`). Their records
+//!   and answer rows also carry the participation's id as their place ([`Claim::shard`]), which
+//!   on Citus puts them on the participation's shard: the statement stays on one.
+//! - Save-analysis: the transaction of a coalesced batch (`conversations::batcher`), or of a
+//!   conditional write ([`Writer::finish`]), upserts, then records each key with its write's
+//!   answer ([`record`]) and commits both. A key another request holds comes back unrecorded:
+//!   the transaction rolls back, and that request's record answers (a replay, 422, or 409 if
+//!   it is a claim still running). A duplicate sent while the first runs waits on the first's
+//!   row and index entry instead of polling, then gets the replay. A claim and a completing
+//!   `UPDATE` per request had cost keyed save-analysis three quarters of its throughput at 64
+//!   connections (bench/PROFILE.md, eleventh round).
 //!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.

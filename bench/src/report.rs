@@ -348,8 +348,16 @@ pub fn targets(points: &[Point], peak_rss: f64) -> Vec<(String, String, &'static
 /// The workloads that write by upsert or counter, for the latency bound of issue 17. The appends
 /// are not among them: every append to one conversation waits for the one before it, in pgbench
 /// too, so their p99 at many connections is the queue's length.
-const UPSERTS: [&str; 7] =
-    ["save-analysis-new", "save-analysis-hot", "chats", "participations", "conversations", "clicks", "clicks-keyed"];
+const UPSERTS: [&str; 8] = [
+    "save-analysis-new",
+    "save-analysis-hot",
+    "save-analysis-keyed",
+    "chats",
+    "participations",
+    "conversations",
+    "clicks",
+    "clicks-keyed",
+];
 
 /// Issue 17's targets: what a request costs beyond PostgreSQL's own work, at one connection
 /// (ratios to pgbench running the same statement, and p50 against pgbench's plus the `/healthz`

@@ -187,6 +187,32 @@ fn assert_problem_status((status, replayed, body): (u16, bool, bytes::Bytes), ex
     assert_eq!((status, replayed, problem["code"].as_str()), (expected, false, Some(code)), "{problem}");
 }
 
+/// A conditional save-analysis records its key in its own transaction: a retry replays the
+/// answer, where running again would fail its `If-Match` (the version has moved on), and a
+/// stale `If-Match` under a new key is refused and recorded as refused.
+#[tokio::test]
+async fn a_retried_conditional_save_analysis_is_replayed_not_run_again() {
+    let app = TestApp::spawn().await;
+    app.save_analysis(json!({"session_id": "cond", "transcript": "one"})).await;
+    let send = |key: &str| {
+        let body = json!({"session_id": "cond", "transcript": "two"});
+        let request = app.client.post(app.url("/api/save-analysis")).header("idempotency-key", key);
+        request.header("if-match", "\"1\"").json(&body).send()
+    };
+    let first = send("cond-1").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first = first.bytes().await.unwrap();
+    let again = send("cond-1").await.unwrap();
+    assert_eq!((again.status().as_u16(), again.headers().contains_key("idempotent-replayed")), (200, true));
+    assert_eq!(again.bytes().await.unwrap(), first, "the replay is byte-identical");
+    assert_problem(send("cond-2").await.unwrap(), 409, "version_mismatch").await;
+    let stored: Value = app.get_conversation("cond").await.json().await.unwrap();
+    assert_eq!((stored["version"].as_i64(), stored["transcript"].as_str()), (Some(2), Some("two")));
+    let records = "SELECT response_status::int8 FROM idempotency_keys ORDER BY key";
+    let statuses: Vec<i64> = sqlx::query_scalar(records).fetch_all(&app.pool).await.unwrap();
+    assert_eq!(statuses, [200, 409], "each key recorded once, with its answer");
+}
+
 #[tokio::test]
 async fn retried_appends_without_message_ids_add_nothing() {
     let app = TestApp::spawn().await;
