@@ -258,7 +258,8 @@ impl Sections {
 /// Policies are bound here, to what the router matched, never to the URL as a string: the
 /// routes under `api` sit in one scope wrapped in bearer auth (the public ones, the overlay
 /// among them, are registered before it and outside it), and a route that takes
-/// `Idempotency-Key`s names how, `post[Keys::JSON] handler`, and is wrapped in the guard.
+/// `Idempotency-Key`s names how, `post[Keys::IN_TRANSACTION] handler`, and is wrapped in the
+/// guard.
 macro_rules! route_table {
     (
         public { $($path:literal => [$($method:ident $handler:path),+ $(,)?]),* $(,)? }
@@ -297,26 +298,26 @@ route_table! {
         "/api/overlay/{token}/qr-code.png" => [get participations::overlay_qr_code_png],
     }
     api "/api" {
-        "/conversations" => [post[Keys::JSON] conversations::create, get conversations::list],
+        "/conversations" => [post[Keys::IN_TRANSACTION] conversations::create, get conversations::list],
         "/conversations/{session_id}" => [get conversations::get],
         "/conversations/{session_id}/messages" => [
-            post[Keys::JSON] conversations::append_messages,
+            post[Keys::IN_TRANSACTION] conversations::append_messages,
             get conversations::list_messages,
         ],
         "/save-analysis" => [post[Keys::IN_TRANSACTION] conversations::save_analysis],
         "/upload-audio" => [post[Keys::MULTIPART] conversations::upload_audio],
         "/audio/{id}" => [get conversations::get_audio],
-        "/chats" => [post[Keys::JSON] chats::create, get chats::list],
+        "/chats" => [post[Keys::IN_TRANSACTION] chats::create, get chats::list],
         "/chats/{id}" => [get chats::get],
-        "/participations" => [post[Keys::JSON] participations::create],
+        "/participations" => [post[Keys::IN_TRANSACTION] participations::create],
         "/participations/{id}" => [get participations::get],
         "/participations/{id}/impressions" => [post[Keys::IN_STATEMENT] participations::impressions],
         "/participations/{id}/clicks" => [post[Keys::IN_STATEMENT] participations::clicks],
         "/participations/{id}/viewer-samples" => [post[Keys::IN_STATEMENT] participations::viewer_samples],
         "/participations/{id}/earnings" => [post[Keys::IN_STATEMENT] participations::earnings],
-        "/participations/{id}/qr-code" => [post[Keys::JSON] participations::make_qr_code],
+        "/participations/{id}/qr-code" => [post[Keys::IN_TRANSACTION] participations::make_qr_code],
         "/participations/{id}/qr-code.png" => [get participations::qr_code_png],
-        "/participations/{id}/chat-command" => [post[Keys::JSON] participations::chat_command],
+        "/participations/{id}/chat-command" => [post[Keys::IN_TRANSACTION] participations::chat_command],
     }
 }
 

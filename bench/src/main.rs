@@ -83,7 +83,7 @@ pub const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "save-analysis-keyed",
-        about: "POST /api/save-analysis, a new session id and its own Idempotency-Key every request (the keyed path: a claim, then the upsert and the record in one transaction)",
+        about: "POST /api/save-analysis, a new session id and its own Idempotency-Key every request (the keyed path: coalesced, each batch one transaction with the keys' records)",
         pgbench: None,
     },
     Workload {
@@ -95,6 +95,11 @@ pub const WORKLOADS: &[Workload] = &[
         name: "chats",
         about: "POST /api/chats create-or-get over 1,000 two-person groups",
         pgbench: Some("chats.sql"),
+    },
+    Workload {
+        name: "chats-keyed",
+        about: "the same create-or-get of chats, each request with its own Idempotency-Key (found chat, its key recorded in a transaction)",
+        pgbench: None,
     },
     Workload {
         name: "participations",
@@ -345,10 +350,14 @@ fn builder(ctx: &mut Ctx, workload: &str, connections: usize) -> anyhow::Result<
                 None,
             )
         }),
-        "chats" => Arc::new(move |n| {
-            let g = n % 1000;
-            Req::json("/api/chats", format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#), None)
-        }),
+        "chats" | "chats-keyed" => {
+            let keyed = workload == "chats-keyed";
+            Arc::new(move |n| {
+                let g = n % 1000;
+                let body = format!(r#"{{"participants":["b-{run}-{g}","a-{run}-{g}"]}}"#);
+                Req::json("/api/chats", body, keyed.then(|| uuid::Uuid::new_v4().to_string()))
+            })
+        }
         "participations" => Arc::new(move |n| {
             let g = n % 1000;
             Req::json(

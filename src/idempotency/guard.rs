@@ -73,19 +73,19 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// A JSON write whose key is claimed before its handler runs.
-    pub const JSON: Keys = Keys { claimed_in_statement: false, multipart: false, beside: None };
-    /// A multipart upload, claimed before its handler runs.
+    /// A multipart upload, claimed before its handler runs: its slow work (storing, analysing
+    /// and transcribing the audio) comes before its transaction, and a duplicate must not
+    /// repeat it.
     pub const MULTIPART: Keys = Keys { claimed_in_statement: false, multipart: true, beside: None };
     /// A coalesced counter write, whose batch statement records the key beside the
     /// participation it counts for.
     pub const IN_STATEMENT: Keys = Keys { claimed_in_statement: true, multipart: false, beside: Some("id") };
-    /// A JSON write that records its key in the transaction of its effect (save-analysis,
-    /// whose coalesced batches record their keys so): no claim of its own, no lease.
+    /// A JSON write that records its key in the transaction of its effect (`Writer`, or the
+    /// batches of save-analysis), or alone when it wrote nothing: no claim before, no lease.
     pub const IN_TRANSACTION: Keys = Keys { claimed_in_statement: true, multipart: false, beside: None };
 }
 
-/// The guard as a route's middleware (`web::post().to(handler).wrap(keys(Keys::JSON))`).
+/// The guard as a route's middleware (`web::post().to(handler).wrap(keys(Keys::IN_TRANSACTION))`).
 pub fn keys<S>(
     policy: Keys,
 ) -> impl Transform<S, ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error, InitError = ()>
@@ -211,7 +211,7 @@ async fn wait_for_claim(layer: &Layer, claim: &Claim) -> Result<Claimed, ApiErro
     let deadline = Instant::now() + WAIT_FOR_FIRST;
     let mut pause = Duration::from_millis(5);
     loop {
-        let claimed = layer.claims.claim(&layer.pool, claim, layer.config).await?;
+        let claimed = layer.claims.claim(&layer.pool, claim, None, layer.config).await?;
         if !matches!(claimed, Claimed::InFlight(_)) || Instant::now() + pause > deadline {
             return Ok(claimed);
         }
@@ -222,7 +222,7 @@ async fn wait_for_claim(layer: &Layer, claim: &Claim) -> Result<Claimed, ApiErro
 
 /// The answer for a key another request holds: its stored response (a replay), 422 when that
 /// request had another body, 409 while it still runs. `None`: the key is ours.
-fn held(claimed: Claimed) -> Option<ApiResult<Reply>> {
+pub(super) fn held(claimed: Claimed) -> Option<ApiResult<Reply>> {
     match claimed {
         Claimed::Ours => None,
         Claimed::Replay(stored) => {
@@ -283,7 +283,7 @@ async fn settle(
     if claim.deferred {
         // Answered without a write (a 4xx): claim and record together, unless an earlier
         // request holds the key, whose answer then wins.
-        if let Some(answer) = held(store::claim_and_store(&layer.pool, claim, &stored, layer.config).await?) {
+        if let Some(answer) = held(layer.claims.claim(&layer.pool, claim, Some(&stored), layer.config).await?) {
             return Ok(ServiceResponse::new(req, respond(answer)));
         }
     } else {

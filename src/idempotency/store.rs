@@ -69,8 +69,8 @@ fn millis(d: Duration) -> i64 {
 
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
 /// their TTL; returns the `claim_id`s that won. A claim given with an answer is recorded as
-/// answered at once: an answer given without a write ([`claim_and_store`]), or one whose write
-/// runs in the same transaction ([`record`]). Rows are claimed in key order, so two
+/// answered at once: an answer given without a write (coalesced, `Claims`), or one
+/// whose write runs in the same transaction ([`record`]). Rows are claimed in key order, so two
 /// statements claiming the same keys lock them in the same order and cannot deadlock.
 pub async fn claim_many(
     conn: &mut PgConnection,
@@ -229,22 +229,6 @@ pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<
     )
     .fetch_all(conn)
     .await?)
-}
-
-/// Claims the key and records `response` in one statement, for an answer given without a
-/// write by a route that claims its keys itself ([`Claim::deferred`]). A key already held is
-/// left to its holder.
-pub async fn claim_and_store(
-    pool: &PgPool,
-    claim: &Claim,
-    response: &StoredResponse,
-    config: IdempotencyConfig,
-) -> ApiResult<Claimed> {
-    let mut conn = crate::db::acquire(pool).await?;
-    if record(&mut conn, &[(claim, response)], config).await?.is_empty() {
-        return inspect(pool, claim).await;
-    }
-    Ok(Claimed::Ours)
 }
 
 /// Stores the response on the claimed row, fenced by `claim_id`, which a take-over replaces.

@@ -1,23 +1,22 @@
 //! The begin/finish pair every POST handler writes through.
 
-use super::claim::{Claim, IdempotencyConfig};
-use super::guard::held_elsewhere;
+use super::claim::Claim;
+use super::guard::{held, held_elsewhere};
 use super::layer::Layer;
 use super::store::{self, StoredResponse};
 use crate::error::{ApiError, ApiResult};
 use crate::reply::Reply;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use std::future::{ready, Ready};
 use std::ops::{Deref, DerefMut};
 
 /// Hands a handler its connection and turns its result into the response; with an
 /// `Idempotency-Key` it also stores that response in the transaction of the effect.
 pub struct Writer {
-    pool: PgPool,
+    layer: web::Data<Layer>,
     claim: Option<Claim>,
-    config: IdempotencyConfig,
 }
 
 impl FromRequest for Writer {
@@ -28,7 +27,7 @@ impl FromRequest for Writer {
         let layer = req.app_data::<web::Data<Layer>>().expect("the idempotency layer is registered");
         // Taken, not cloned: one Writer per request, and the guard keeps its own copy.
         let claim = req.extensions_mut().remove::<Claim>();
-        ready(Ok(Self { pool: layer.pool.clone(), claim, config: layer.config }))
+        ready(Ok(Self { layer: layer.clone(), claim }))
     }
 }
 
@@ -72,17 +71,27 @@ impl Writer {
 
     pub async fn begin(&self) -> ApiResult<WriteConn> {
         Ok(match self.claim {
-            Some(_) => WriteConn::Tx(crate::db::begin(&self.pool).await?),
-            None => WriteConn::Plain(crate::db::acquire(&self.pool).await?),
+            Some(_) => WriteConn::Tx(crate::db::begin(&self.layer.pool).await?),
+            None => WriteConn::Plain(crate::db::acquire(&self.layer.pool).await?),
         })
     }
 
-    /// An answer found without writing (a create-or-get that found its row): with a claimed
-    /// key, stored in a transaction of its own; without one, no connection is taken.
+    /// An answer found without writing (a create-or-get that found its row). A key the write
+    /// records itself is recorded with it in one insert that other keys' records and claims
+    /// share (`Claims`): with no effect there is nothing to hold a transaction for.
+    /// A key claimed before is completed in a transaction of its own; without a key no
+    /// connection is taken.
     pub async fn answer(&self, reply: Reply) -> ApiResult<HttpResponse> {
-        match self.claim {
-            Some(_) => self.finish(self.begin().await?, Ok::<_, ApiError>(reply)).await,
+        let Some(claim) = &self.claim else { return Ok(reply.into_response()) };
+        if !claim.deferred {
+            return self.finish(self.begin().await?, Ok::<_, ApiError>(reply)).await;
+        }
+        let layer = &self.layer;
+        let claimed = layer.claims.claim(&layer.pool, claim, Some(&StoredResponse::from(&reply)), layer.config).await?;
+        claim.mark_completed();
+        match held(claimed) {
             None => Ok(reply.into_response()),
+            Some(answer) => Ok(answer?.into_response()),
         }
     }
 
@@ -95,9 +104,9 @@ impl Writer {
         if let (Some(claim), WriteConn::Tx(mut tx)) = (&self.claim, conn) {
             let response = StoredResponse::from(&reply);
             if claim.deferred {
-                if store::record(&mut tx, &[(claim, &response)], self.config).await?.is_empty() {
+                if store::record(&mut tx, &[(claim, &response)], self.layer.config).await?.is_empty() {
                     drop(tx);
-                    return Ok(held_elsewhere(&self.pool, claim).await?.into_response());
+                    return Ok(held_elsewhere(&self.layer.pool, claim).await?.into_response());
                 }
             } else if !store::complete(&mut tx, claim, &response).await? {
                 // Our lease ran out and a retry owns the key now: its run counts, not ours.
