@@ -2,44 +2,47 @@
 //!
 //! # Design
 //!
-//! A keyed POST goes through three steps, and no database transaction spans the request:
+//! A keyed POST's record (its key, its fingerprint and its answer) is written in the same
+//! transaction as its effect, keyed by (scope, method, routed path, key): a crash leaves both or
+//! neither. Most writes record their keys themselves, with their effect ([`Claim::deferred`]):
+//!
+//! - **JSON writes** ([`Keys::IN_TRANSACTION`]): the handler's writes run in a transaction, and
+//!   [`Writer::finish`] records the key with the response bytes *in that same transaction*
+//!   ([`record`]: an `INSERT ... ON CONFLICT DO UPDATE` that takes over only a record past its
+//!   TTL), then commits. A key that comes back unrecorded is held by another request: the
+//!   transaction rolls back, and that request's record answers (a replay, or 422 when the
+//!   fingerprint - method, path, body - differs). A duplicate of a request still running waits
+//!   on the first's index entry and then replays it: no polling, no lease. Save-analysis runs
+//!   the same steps for a coalesced batch (`conversations::batcher`). An answer given without
+//!   writing (a create-or-get that found its row, a 4xx) needs no transaction: its record goes
+//!   with other keys' in one coalesced insert ([`Claims`]).
+//! - **Counter writes** ([`Keys::IN_STATEMENT`]): their batch's one statement inserts the keys'
+//!   records itself, pointing at the row the answer is rendered from
+//!   (`idempotency_answer_rows`). Their records and answer rows also carry the participation's
+//!   id as their place ([`Claim::shard`]), which on Citus puts them on the participation's
+//!   shard: the statement stays on one.
+//!
+//! **Uploads** ([`Keys::MULTIPART`]) are claimed first, because their slow work (storing,
+//! analysing and transcribing the audio) happens before their transaction, and a duplicate must
+//! not repeat it:
 //!
 //! 1. **Claim** ([`keys`], the guard each keyed route is wrapped in, before the handler runs):
-//!    one autocommit `INSERT ... ON CONFLICT DO UPDATE ... WHERE <the old claim is dead or
-//!    expired>` on `idempotency_keys`, keyed by (scope, method, routed path, key), writes our
-//!    random `claim_id` and a lease (`locked_until`). Claims that arrive together share that
-//!    statement ([`Claims`]). If the row belongs to someone else we answer without running
-//!    anything: the stored response (a replay), 422 when the fingerprint (method, path, body)
-//!    differs, or - after waiting briefly without holding a connection - 409 while the first
-//!    request still runs.
-//! 2. **Effect + record in one transaction** ([`Writer`]): the handler's writes run in a
-//!    transaction, and [`Writer::finish`] stores the response bytes into the claimed row *in
-//!    that same transaction* before committing, fenced by `claim_id`. A crash before the commit
-//!    loses both; after it, both are durable. The two cannot be separated.
-//! 3. **Everything else** ([`keys`], after the handler): a response that never reached a
-//!    Writer (a validation error, say) is stored if below 500; a 5xx deletes the claim so a
-//!    retry runs again.
+//!    the same insert, coalesced ([`Claims`]), writes our random `claim_id` and a lease
+//!    (`locked_until`) and no answer. If the row belongs to someone else we answer without
+//!    running anything: a replay, 422, or - after waiting briefly without holding a
+//!    connection - 409 while the first request still runs.
+//! 2. **Effect + record in one transaction** ([`Writer::finish`]) stores the response bytes into
+//!    the claimed row before committing, fenced by `claim_id`.
+//! 3. **Everything else** ([`keys`], after the handler): a response below 500 that never reached
+//!    a Writer is stored; a 5xx deletes the claim so a retry runs again.
 //!
 //! A process that dies between 1 and 2 leaves a claim that blocks its key until the lease
 //! passes; the lease lives in the row, so a restart does not shorten it. If a lease runs out
 //! while its request is still running and a retry takes the key over, the fence (`claim_id`)
 //! makes the late request's transaction roll back: never two effects.
 //!
-//! Two kinds of write skip step 1 and record their keys with their effects
-//! ([`Claim::deferred`], [`Keys::IN_STATEMENT`] and [`Keys::IN_TRANSACTION`]), so no lease is
-//! needed and a crash leaves no claim behind:
-//! - The coalesced counters: their batch's one statement inserts the keys' records itself,
-//!   pointing at the row the answer is rendered from (`idempotency_answer_rows`). Their records
-//!   and answer rows also carry the participation's id as their place ([`Claim::shard`]), which
-//!   on Citus puts them on the participation's shard: the statement stays on one.
-//! - Save-analysis: the transaction of a coalesced batch (`conversations::batcher`), or of a
-//!   conditional write ([`Writer::finish`]), upserts, then records each key with its write's
-//!   answer ([`record`]) and commits both. A key another request holds comes back unrecorded:
-//!   the transaction rolls back, and that request's record answers (a replay, 422, or 409 if
-//!   it is a claim still running). A duplicate sent while the first runs waits on the first's
-//!   row and index entry instead of polling, then gets the replay. A claim and a completing
-//!   `UPDATE` per request had cost keyed save-analysis three quarters of its throughput at 64
-//!   connections (bench/PROFILE.md, eleventh round).
+//! A claim and a completing `UPDATE` per request had cost keyed JSON writes three quarters of
+//! their throughput at 64 connections (bench/PROFILE.md, eleventh round).
 //!
 //! Slow work (upload-audio's hashing, analysis and speech-to-text) happens in the handler
 //! before [`Writer::begin`], so it holds no connection and no transaction.
