@@ -76,7 +76,8 @@ pub struct Settings {
     #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "24h", global = true)]
     pub idempotency_ttl: HumanDuration,
 
-    /// How long a running request holds its Idempotency-Key before a retry may take it over.
+    /// How long a running upload holds its Idempotency-Key before a retry may take it over
+    /// (the other routes record their keys with their effects and hold none).
     #[arg(long, env = "IDEMPOTENCY_LEASE", default_value = "60s", global = true)]
     pub idempotency_lease: HumanDuration,
 

@@ -8,8 +8,8 @@
 //! upserts run in their own transaction (their check belongs to it). On Citus a lane also holds
 //! one shard's session ids only ([`Shards`]).
 //!
-//! Keyed upserts have lanes of their own. Their keys are not claimed before the handler (as
-//! for most routes) but recorded by their batch: a transaction that upserts the rows, then
+//! Keyed upserts have lanes of their own. Their keys are recorded by their batch (as every
+//! JSON write records its key with its effect): a transaction that upserts the rows, then
 //! records each key with its write's answer ([`idempotency::record`]) and commits both. A key
 //! another request holds (a retry that came first, or the key under another body) takes its
 //! write out of the batch, which rolls back and goes again without it; that write is answered

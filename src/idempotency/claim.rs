@@ -22,8 +22,8 @@ pub struct Claim {
     /// route names (`Keys::beside`, in the guard), or a place drawn from the key.
     pub shard: uuid::Uuid,
     pub claim_id: uuid::Uuid,
-    /// Claimed by the write itself, in the statement or the transaction of its effect (the
-    /// coalesced counters, save-analysis), rather than before the handler runs.
+    /// Recorded by the write itself, in the statement or the transaction of its effect (the
+    /// counters, the JSON writes), rather than claimed before the handler runs.
     pub deferred: bool,
     /// SHA-256 of method, path and body: a key reused for another request is refused.
     pub fingerprint: Vec<u8>,

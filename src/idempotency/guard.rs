@@ -61,9 +61,9 @@ impl utoipa::IntoParams for KeyHeader {
 /// How a route takes `Idempotency-Key`s: declared where the route is registered.
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {
-    /// The route's write claims the key itself, in the statement or the transaction of its
-    /// effect (the coalesced counters, save-analysis), instead of the guard claiming it before
-    /// the handler runs.
+    /// The route's write records the key itself, in the statement or the transaction of its
+    /// effect (the counters, the JSON writes), instead of the guard claiming it before the
+    /// handler runs.
     pub claimed_in_statement: bool,
     /// A multipart body (upload-audio): the larger limit, and the boundary is not fingerprinted.
     pub multipart: bool,
