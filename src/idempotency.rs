@@ -64,5 +64,8 @@ pub use claims::Claims;
 pub use guard::held_elsewhere;
 pub use guard::{keys, KeyHeader, Keys, Scope, HEADER, REPLAYED};
 pub use layer::Layer;
-pub use store::{held_keys, purge_expired, record, render_rows_with, ClaimColumns, RowAnswers, StoredResponse};
+pub use store::{
+    held_keys, is_key_held, purge_expired, record, render_rows_with, ClaimColumns, Kept, KeyHeld, RowAnswers,
+    StoredResponse,
+};
 pub use writer::{WriteConn, Writer};

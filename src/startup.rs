@@ -40,7 +40,8 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)?;
         let address = listener.local_addr()?;
         let idempotency = IdempotencyConfig { ttl: settings.idempotency_ttl.0, lease: settings.idempotency_lease.0 };
-        idempotency::render_rows_with(participations_batcher::RecordedAnswers);
+        idempotency::render_rows_with(idempotency::Kept::Shared, participations_batcher::RecordedAnswers);
+        idempotency::render_rows_with(idempotency::Kept::Own, conversations_batcher::RecordedAnswers);
         let uploads = web::Data::new(Uploads {
             audio: AudioStore::open(&settings.data_dir)?,
             stt: settings

@@ -9,20 +9,23 @@
 //! one shard's session ids only ([`Shards`]).
 //!
 //! Keyed upserts have lanes of their own. Their keys are recorded by their batch (as every
-//! JSON write records its key with its effect): a transaction that upserts the rows, then
-//! records each key with its write's answer ([`idempotency::record`]) and commits both. A key
-//! another request holds (a retry that came first, or the key under another body) takes its
-//! write out of the batch, which rolls back and goes again without it; that write is answered
-//! from the holder's record. A keyed upsert used to pay a claim, then a transaction of its own:
-//! a sixth of the unkeyed throughput at 64 connections.
+//! JSON write records its key with its effect), in the same autocommit statement as the upserts
+//! ([`store::upsert_recorded`]): each record keeps the row its answer is rendered from. A key
+//! another request holds (a retry that came first, or the key under another body) fails that
+//! statement, which wrote nothing; the batch goes again without that write, which is answered
+//! from the holder's record. A write that changed nothing is recorded after, with its rendered
+//! answer ([`idempotency::record`]). A keyed upsert used to pay a claim, then a transaction of
+//! its own (a sixth of the unkeyed throughput at 64 connections), then a transaction per batch
+//! (bench/PROFILE.md, eleventh and twelfth rounds).
 
 use super::model::{AnalysisUpsert, Conversation, Shape};
 use super::store;
 use crate::coalesce::{self, Lanes};
 use crate::db::shards::Shards;
-use crate::error::ApiResult;
-use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
+use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{self, Claim, IdempotencyConfig, KeyHeld, StoredResponse};
 use crate::reply::{Outcome, Reply};
+use futures_util::future::LocalBoxFuture;
 use sqlx::PgPool;
 
 /// Batches in flight per lane: while one waits for its commit, the next can be written.
@@ -110,40 +113,84 @@ async fn write(pool: &PgPool, jobs: Vec<Job>) {
     coalesce::settle(jobs, statement, "upsert").await;
 }
 
-/// One transaction for the round: the upsert, then the keys' records with their answers. While
-/// a key is held elsewhere, the transaction rolls back and goes again without its write.
+/// One statement for the round, the upserts with their keys' records ([`store::upsert_recorded`]).
+/// While a key is held elsewhere the statement writes nothing, and it goes again without that
+/// write. A write that changed nothing is recorded after, with the row it found.
 async fn write_keyed(pool: &PgPool, config: IdempotencyConfig, jobs: Vec<Job>) {
     let statement = async |writes: &[&Write]| {
-        let claim = |write: &Write| write.claim.clone().expect("a keyed lane holds keyed writes only");
+        let claim = |n: usize| writes[n].claim.as_ref().expect("a keyed lane holds keyed writes only");
+        let mut conn = crate::db::acquire(pool).await?;
         let mut told: Vec<Option<Told>> = writes.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..writes.len()).collect();
-        while !pending.is_empty() {
-            let mut tx = crate::db::begin(pool).await?;
+        let mut freed_only = false;
+        let written = loop {
             let inputs: Vec<&AnalysisUpsert> = pending.iter().map(|&n| &writes[n].input).collect();
-            let written = store::upsert_many(&mut tx, &inputs).await?;
-            let replies: Vec<Reply> =
-                written.iter().map(|(conversation, outcome)| conversation.reply(*outcome)).collect();
-            let claims: Vec<Claim> = pending.iter().map(|&n| claim(writes[n])).collect();
-            let responses: Vec<StoredResponse> = replies.iter().map(Into::into).collect();
-            let records: Vec<(&Claim, &StoredResponse)> = claims.iter().zip(&responses).collect();
-            let recorded = idempotency::record(&mut tx, &records, config).await?;
-            if recorded.len() == claims.len() {
-                tx.commit().await?;
-                for ((n, reply), claim) in pending.drain(..).zip(replies).zip(&claims) {
-                    claim.mark_completed();
-                    told[n] = Some(Told::Recorded(reply));
-                }
-            } else {
-                drop(tx);
-                for (n, claim) in pending.iter().zip(claims) {
-                    if !recorded.contains(&claim.claim_id) {
-                        told[*n] = Some(Told::Held(claim));
+            let claims: Vec<&Claim> = pending.iter().map(|&n| claim(n)).collect();
+            match store::upsert_recorded(&mut conn, &inputs, &claims, config).await? {
+                Ok(written) => break written,
+                Err(KeyHeld) => {
+                    let taken = idempotency::held_keys(&mut conn, &claims).await?;
+                    // Nothing held: the clash was with records past their TTL, deleted now. A
+                    // second such clash is a race with other processes: let the clients retry.
+                    if taken.is_empty() {
+                        if freed_only {
+                            return Err(ApiError::Conflict);
+                        }
+                        freed_only = true;
                     }
+                    for &n in pending.iter().filter(|&&n| taken.contains(&claim(n).claim_id)) {
+                        told[n] = Some(Told::Held(claim(n).clone()));
+                    }
+                    pending.retain(|&n| told[n].is_none());
                 }
-                pending.retain(|n| told[*n].is_none());
+            }
+        };
+        let mut unchanged: Vec<(usize, Reply)> = Vec::new();
+        for (n, (conversation, outcome)) in pending.into_iter().zip(written) {
+            let reply = conversation.reply(outcome);
+            if outcome == Outcome::Unchanged {
+                unchanged.push((n, reply));
+            } else {
+                claim(n).mark_completed();
+                told[n] = Some(Told::Recorded(reply));
+            }
+        }
+        // Nothing was written for these, so their records need no transaction with an effect.
+        if !unchanged.is_empty() {
+            let responses: Vec<StoredResponse> = unchanged.iter().map(|(_, reply)| reply.into()).collect();
+            let records: Vec<(&Claim, &StoredResponse)> =
+                unchanged.iter().zip(&responses).map(|((n, _), response)| (claim(*n), response)).collect();
+            let recorded = idempotency::record(&mut conn, &records, config).await?;
+            for (n, reply) in unchanged {
+                told[n] = Some(if recorded.contains(&claim(n).claim_id) {
+                    claim(n).mark_completed();
+                    Told::Recorded(reply)
+                } else {
+                    Told::Held(claim(n).clone())
+                });
             }
         }
         Ok(told.into_iter().map(|told| told.expect("every write is told")).collect())
     };
     coalesce::settle(jobs, statement, "keyed upsert").await;
+}
+
+/// Renders the replays of keyed save-analysis records that keep their row
+/// (`idempotency::render_rows_with`, at startup): 201 for an insert, else 200.
+pub struct RecordedAnswers;
+
+impl idempotency::RowAnswers for RecordedAnswers {
+    fn answer<'a>(
+        &'a self,
+        pool: &'a PgPool,
+        status: u16,
+        row: serde_json::Value,
+        _patch: Option<serde_json::Value>,
+    ) -> LocalBoxFuture<'a, ApiResult<StoredResponse>> {
+        Box::pin(async move {
+            let conversation = store::recorded(&mut *crate::db::acquire(pool).await?, row).await?;
+            let outcome = if status == 201 { Outcome::Inserted } else { Outcome::Updated };
+            Ok(StoredResponse::from(&conversation.reply(outcome)))
+        })
+    }
 }

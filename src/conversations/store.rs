@@ -6,6 +6,7 @@ use super::model::{
 use crate::coalesce::Lookup;
 use crate::db::{rejects, vanished, Guards, StoreError, StoreResult};
 use crate::domain::SessionId;
+use crate::idempotency::{self, Claim, ClaimColumns, IdempotencyConfig, KeyHeld};
 use crate::pagination::{Cursor, Page, PageRequest};
 use crate::reply::Outcome;
 use chrono::{DateTime, Utc};
@@ -125,20 +126,78 @@ pub async fn upsert_many(
     inputs: &[&AnalysisUpsert],
 ) -> StoreResult<Vec<(Conversation, Outcome)>> {
     let Some(shape) = inputs.first().map(|input| input.shape()) else { return Ok(Vec::new()) };
-    debug_assert!(inputs.iter().all(|input| input.shape() == shape), "one statement, one shape");
+    let written =
+        upsert_rows(conn, inputs, &statements(shape).plain, None).await.map_err(rejects(CONVERSATION_GUARDS))?;
+    answers(conn, inputs, written).await
+}
+
+/// [`upsert_many`] with an `Idempotency-Key` per input, in one autocommit statement that also
+/// records the key of each write it applies (inserted or updated), with its answer's row kept in
+/// the record (`response_row`: the row as written, rendered again by a replay,
+/// [`recorded`]). No transaction around it: one round trip and one commit for the effect and its
+/// records, where `BEGIN`, the upsert, the records with their rendered answers and `COMMIT`
+/// took four (bench/PROFILE.md, twelfth round).
+///
+/// The records are plain inserts, in key order: a key that already has one (a retry, or the
+/// key under another body) fails the whole statement, which writes nothing, and the caller
+/// learns it as [`KeyHeld`]. A write that changed nothing gets no record here: its answer is
+/// the row as read after the statement, which the caller records itself.
+pub async fn upsert_recorded(
+    conn: &mut PgConnection,
+    inputs: &[&AnalysisUpsert],
+    claims: &[&Claim],
+    config: IdempotencyConfig,
+) -> StoreResult<Result<Vec<(Conversation, Outcome)>, KeyHeld>> {
+    debug_assert_eq!(inputs.len(), claims.len(), "one key per write");
+    let Some(shape) = inputs.first().map(|input| input.shape()) else { return Ok(Ok(Vec::new())) };
+    let keys = ClaimColumns::of(claims);
+    let ttl = config.ttl.as_millis() as f64;
+    match upsert_rows(conn, inputs, &statements(shape).keyed, Some((&keys, ttl))).await {
+        Ok(written) => Ok(Ok(answers(conn, inputs, written).await?)),
+        Err(error) if idempotency::is_key_held(&error) => Ok(Err(KeyHeld)),
+        Err(error) => Err(rejects(CONVERSATION_GUARDS)(error)),
+    }
+}
+
+/// The rows one of [`statements`] wrote; `keys` (with the TTL in ms) for the keyed one.
+async fn upsert_rows(
+    conn: &mut PgConnection,
+    inputs: &[&AnalysisUpsert],
+    statement: &'static str,
+    keys: Option<(&ClaimColumns<'_>, f64)>,
+) -> Result<Vec<ConversationRow>, sqlx::Error> {
+    debug_assert!(inputs.iter().all(|input| input.shape() == inputs[0].shape()), "one statement, one shape");
     let ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
     let session_ids: Vec<&str> = inputs.iter().map(|input| input.session_id.as_str()).collect();
-    let written = sqlx::query_as::<_, ConversationRow>(upsert_statement(shape))
-        .bind(&ids)
-        .bind(&session_ids)
+    let mut query = sqlx::query_as::<_, ConversationRow>(statement)
+        .bind(ids)
+        .bind(session_ids)
         .bind(inputs.iter().map(|input| input.user_id.value().map(String::as_str)).collect::<Vec<_>>())
         .bind(inputs.iter().map(|input| input.language.value().map(String::as_str)).collect::<Vec<_>>())
         .bind(inputs.iter().map(|input| input.transcript.value().map(String::as_str)).collect::<Vec<_>>())
         .bind(inputs.iter().map(|input| input.analysis.value().cloned()).collect::<Vec<_>>())
-        .bind(inputs.iter().map(|input| input.audio_id.value().copied()).collect::<Vec<_>>())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(rejects(CONVERSATION_GUARDS))?;
+        .bind(inputs.iter().map(|input| input.audio_id.value().copied()).collect::<Vec<_>>());
+    if let Some((keys, ttl)) = keys {
+        query = query
+            .bind(&keys.scope)
+            .bind(&keys.key)
+            .bind(&keys.method)
+            .bind(&keys.path)
+            .bind(&keys.shard)
+            .bind(&keys.fingerprint)
+            .bind(&keys.claim_id)
+            .bind(ttl);
+    }
+    query.fetch_all(&mut *conn).await
+}
+
+/// Each input's answer, in input order, from the rows its statement wrote: those it did not
+/// return were left as they were, and are read back.
+async fn answers(
+    conn: &mut PgConnection,
+    inputs: &[&AnalysisUpsert],
+    written: Vec<ConversationRow>,
+) -> StoreResult<Vec<(Conversation, Outcome)>> {
     // Inserts start at version 1 and every update adds one, so a returned version 1 can only
     // be this statement's insert. A row not returned was left as it was.
     let mut found: HashMap<String, (ConversationRow, Outcome)> = written
@@ -148,6 +207,7 @@ pub async fn upsert_many(
             (row.session_id.clone(), (row, outcome))
         })
         .collect();
+    let session_ids: Vec<&str> = inputs.iter().map(|input| input.session_id.as_str()).collect();
     let unchanged: Vec<&str> = session_ids.iter().copied().filter(|sid| !found.contains_key(*sid)).collect();
     if !unchanged.is_empty() {
         let rows = sqlx::query_as!(
@@ -170,16 +230,40 @@ pub async fn upsert_many(
         .collect()
 }
 
-/// The upsert of one [`Shape`]: a field the shape sets takes the row's value when it differs
-/// from the stored one (then `version` grows by one), the others keep theirs.
+/// The answer a keyed upsert's record keeps as a row ([`upsert_recorded`]): that row, typed
+/// again by PostgreSQL itself, with its audio file, so every value is the one the live answer
+/// was rendered from. An audio file's row never changes once written. These rows live for the
+/// key TTL: a migration that adds a NOT NULL column to `conversations` must also add it to
+/// the records already written, or their replays fail.
+pub async fn recorded(conn: &mut PgConnection, row: Value) -> StoreResult<Conversation> {
+    // Unchecked at compile time: `jsonb_populate_record` hides the columns' nullability from
+    // the macros, and `*` keeps this in step with the table.
+    let row: ConversationRow = sqlx::query_as("SELECT * FROM jsonb_populate_record(NULL::conversations, $1)")
+        .bind(row)
+        .fetch_one(&mut *conn)
+        .await?;
+    with_audio(conn, row).await
+}
+
+/// The upsert statements of one [`Shape`].
+struct Statements {
+    /// The upsert alone ([`upsert_many`]).
+    plain: String,
+    /// The upsert and the records of its keys ([`upsert_recorded`]).
+    keyed: String,
+}
+
+/// The statements of one [`Shape`]: a field the shape sets takes the row's value when it
+/// differs from the stored one (then `version` grows by one), the others keep theirs.
 ///
-/// One statement per shape, made once, rather than one with the shape as parameters: a Citus
-/// coordinator runs a multi-row `INSERT ... SELECT` in two steps and cannot pass parameters to
-/// the `DO UPDATE` part (README, "Scaling out"). Unchecked at compile time: the API tests run
-/// each shape (`conversations::every_subset_of_fields_is_saved_and_only_its_fields_change`, and
-/// the upload tests for the shapes that set the audio).
-fn upsert_statement(shape: Shape) -> &'static str {
-    static STATEMENTS: OnceLock<Vec<String>> = OnceLock::new();
+/// Made once per shape, rather than one with the shape as parameters: a Citus coordinator runs
+/// a multi-row `INSERT ... SELECT` in two steps and cannot pass parameters to the `DO UPDATE`
+/// part (README, "Scaling out"). Unchecked at compile time: the API tests run each shape
+/// (`conversations::every_subset_of_fields_is_saved_and_only_its_fields_change`, and the
+/// upload tests for the shapes that set the audio) and the keyed statement
+/// (`idempotency::retried_save_analysis_upserts_apply_once...`).
+fn statements(shape: Shape) -> &'static Statements {
+    static STATEMENTS: OnceLock<Vec<Statements>> = OnceLock::new();
     let statements = STATEMENTS.get_or_init(|| {
         (0..32)
             .map(|bits: u8| {
@@ -192,7 +276,7 @@ fn upsert_statement(shape: Shape) -> &'static str {
                 let assign: String = set.iter().map(|f| format!("{f} = EXCLUDED.{f}, ")).collect();
                 let changed: Vec<String> = set.iter().map(|f| format!("c.{f} IS DISTINCT FROM EXCLUDED.{f}")).collect();
                 let changed = if changed.is_empty() { "false".to_owned() } else { changed.join(" OR ") };
-                format!(
+                let plain = format!(
                     "INSERT INTO conversations AS c (id, session_id, user_id, language, transcript, analysis, audio_id)
                      SELECT id, session_id, user_id, language, transcript, analysis, audio_id
                      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::uuid[])
@@ -202,7 +286,26 @@ fn upsert_statement(shape: Shape) -> &'static str {
                      SET {assign}version = c.version + 1, updated_at = EXCLUDED.updated_at
                      WHERE {changed}
                      RETURNING *"
-                )
+                );
+                // Status 201 for an insert (version 1, as in `answers`), else 200; a replay
+                // renders the outcome from it.
+                let keyed = format!(
+                    "WITH up AS ({plain}), recorded AS (
+                         INSERT INTO idempotency_keys
+                             (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
+                              response_status, response_row, completed_at)
+                         SELECT k.scope, k.key, k.method, k.path, k.shard, k.fingerprint, k.claim_id, now(),
+                                now() + make_interval(secs => $15::float8 / 1000),
+                                CASE WHEN up.version = 1 THEN 201 ELSE 200 END, to_jsonb(up), now()
+                         FROM unnest($2::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::uuid[],
+                                     $13::bytea[], $14::uuid[])
+                                  AS k (session_id, scope, key, method, path, shard, fingerprint, claim_id)
+                              JOIN up USING (session_id)
+                         ORDER BY k.key, k.path, k.method, k.scope, k.shard
+                     )
+                     SELECT * FROM up"
+                );
+                Statements { plain, keyed }
             })
             .collect()
     });
@@ -213,7 +316,7 @@ fn upsert_statement(shape: Shape) -> &'static str {
     &statements[bits]
 }
 
-/// The fields an upsert may set, in the order of [`upsert_statement`]'s shape bits.
+/// The fields an upsert may set, in the order of [`statements`]' shape bits.
 const UPSERT_FIELDS: [&str; 5] = ["user_id", "language", "transcript", "analysis", "audio_id"];
 
 pub async fn get(conn: &mut PgConnection, session_id: &SessionId) -> StoreResult<Option<Conversation>> {

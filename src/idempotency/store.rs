@@ -1,6 +1,7 @@
 //! The SQL of `idempotency_keys`.
 
 use super::claim::{Claim, IdempotencyConfig};
+use crate::db::{is_constraint, named_constraint, sqlstate};
 use crate::error::ApiResult;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
@@ -134,31 +135,60 @@ pub async fn record(
     claim_many(conn, &claims, config).await
 }
 
-/// Renders the answer of a record that keeps a row instead of a body (`response_row_id`, and
-/// its `response_row_patch`). The resource whose writes record such rows installs it when the
-/// app is built ([`render_rows_with`]), so that the layer names no resource.
+/// A key of a statement's records already has one (a retry, or a request that another process
+/// ran meanwhile): the statement, which records its keys with plain inserts, wrote nothing.
+pub struct KeyHeld;
+
+/// Whether `error` is such a statement's record meeting its key's ([`KeyHeld`]).
+pub fn is_key_held(error: &sqlx::Error) -> bool {
+    // A unique violation that names no constraint (Citus may drop the name) can only be this
+    // one too: these statements insert no other row whose key a client chooses.
+    matches!(error, sqlx::Error::Database(e)
+        if sqlstate(e.as_ref()).as_deref() == Some("23505")
+            && named_constraint(e.as_ref()).is_none_or(|named| is_constraint(named, "idempotency_keys_pkey")))
+}
+
+/// Renders the answer of a record that keeps a row instead of a body, from that row, the
+/// record's status and its `response_row_patch`. The resource whose writes record such rows
+/// installs it when the app is built ([`render_rows_with`]), so that the layer names no resource.
 pub trait RowAnswers: Send + Sync {
     fn answer<'a>(
         &'a self,
         pool: &'a PgPool,
+        status: u16,
         row: serde_json::Value,
         patch: Option<serde_json::Value>,
     ) -> LocalBoxFuture<'a, ApiResult<StoredResponse>>;
 }
 
-static ROW_ANSWERS: OnceLock<Box<dyn RowAnswers>> = OnceLock::new();
-
-/// Installs how recorded rows are rendered; the first installation holds for the process
-/// (every app a process builds installs the same).
-pub fn render_rows_with(answers: impl RowAnswers + 'static) {
-    let _ = ROW_ANSWERS.set(Box::new(answers));
+/// Where a record keeps its row, each written by one resource's statements.
+#[derive(Clone, Copy)]
+pub enum Kept {
+    /// In `idempotency_answer_rows`, which a batch's records share (`response_row_id`).
+    Shared,
+    /// In the record itself (`response_row`).
+    Own,
 }
 
-/// What holds a key this request did not win: a stored answer (a counter's is rendered from
-/// its recorded row), another request's body, or a request still running.
+static SHARED_ROWS: OnceLock<Box<dyn RowAnswers>> = OnceLock::new();
+static OWN_ROWS: OnceLock<Box<dyn RowAnswers>> = OnceLock::new();
+
+/// Installs how the rows kept `kept` are rendered; the first installation holds for the
+/// process (every app a process builds installs the same).
+pub fn render_rows_with(kept: Kept, answers: impl RowAnswers + 'static) {
+    let _ = match kept {
+        Kept::Shared => &SHARED_ROWS,
+        Kept::Own => &OWN_ROWS,
+    }
+    .set(Box::new(answers));
+}
+
+/// What holds a key this request did not win: a stored answer (one that keeps a row is
+/// rendered from it, [`RowAnswers`]), another request's body, or a request still running.
 pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     let Some(row) = sqlx::query!(
-        r#"SELECT fingerprint, response_status, response_headers, response_body, response_row_id, response_row_patch,
+        r#"SELECT fingerprint, response_status, response_headers, response_body, response_row, response_row_id,
+                  response_row_patch,
                   extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
            FROM idempotency_keys
            WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND shard = $5"#,
@@ -180,24 +210,30 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
     // The answer row in a statement of its own, by its id alone: it lives beside its
     // participation, which is the record's shard only when the path spelled the id in its
     // canonical form (`guard::shard`). On Citus a replay asks every shard; a replay is rare.
-    let recorded = match row.response_row_id {
-        Some(id) => {
-            sqlx::query_scalar!("SELECT participation FROM idempotency_answer_rows WHERE id = $1", id)
+    let kept = match (row.response_row, row.response_row_id) {
+        (Some(own), _) => Some((Kept::Own, own)),
+        (None, Some(id)) => {
+            let shared = sqlx::query_scalar!("SELECT participation FROM idempotency_answer_rows WHERE id = $1", id)
                 .fetch_optional(pool)
-                .await?
+                .await?;
+            shared.map(|row| (Kept::Shared, row))
         }
-        None => None,
+        (None, None) => None,
     };
-    match (row.response_status, row.response_headers, row.response_body, recorded) {
+    match (row.response_status, row.response_headers, row.response_body, kept) {
         (Some(status), Some(headers), Some(body), _) => Ok(Claimed::Replay(StoredResponse {
             status: status as u16,
             headers: serde_json::from_value(headers).unwrap_or_default(),
             body,
         })),
-        (Some(_), _, _, Some(recorded)) => {
-            let answers =
-                ROW_ANSWERS.get().ok_or_else(|| anyhow::anyhow!("no renderer of recorded rows is installed"))?;
-            Ok(Claimed::Replay(answers.answer(pool, recorded, row.response_row_patch).await?))
+        (Some(status), _, _, Some((kept, recorded))) => {
+            let answers = match kept {
+                Kept::Shared => &SHARED_ROWS,
+                Kept::Own => &OWN_ROWS,
+            }
+            .get()
+            .ok_or_else(|| anyhow::anyhow!("no renderer of recorded rows is installed"))?;
+            Ok(Claimed::Replay(answers.answer(pool, status as u16, recorded, row.response_row_patch).await?))
         }
         _ => Ok(Claimed::InFlight(Duration::from_secs_f64(row.remaining_secs.max(0.0)))),
     }

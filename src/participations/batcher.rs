@@ -17,10 +17,10 @@
 
 use super::model::{not_found, Delta, Participation, Prefix};
 use super::store;
-use super::store::{Applied, KeyHeld};
+use super::store::Applied;
 use crate::coalesce::{self, Lanes};
 use crate::error::{ApiError, ApiResult};
-use crate::idempotency::{self, Claim, IdempotencyConfig, StoredResponse};
+use crate::idempotency::{self, Claim, IdempotencyConfig, KeyHeld, StoredResponse};
 use crate::reply::{Outcome, Reply};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -88,13 +88,15 @@ fn answer(participation: &Participation) -> Reply {
     Reply::resource(Outcome::Updated, participation, || participation.location())
 }
 
-/// Renders the replays of counter records (`idempotency::render_rows_with`, at startup).
+/// Renders the replays of counter records (`idempotency::render_rows_with`, at startup); their
+/// status is always 200.
 pub struct RecordedAnswers;
 
 impl idempotency::RowAnswers for RecordedAnswers {
     fn answer<'a>(
         &'a self,
         pool: &'a PgPool,
+        _status: u16,
         row: serde_json::Value,
         patch: Option<serde_json::Value>,
     ) -> futures_util::future::LocalBoxFuture<'a, ApiResult<StoredResponse>> {

@@ -2,9 +2,9 @@
 
 use super::model::{Delta, Overlay, Participation, Prefix};
 use crate::coalesce::Lookup;
-use crate::db::{is_constraint, named_constraint, rejects, sqlstate, vanished, Guards, StoreResult};
+use crate::db::{rejects, vanished, Guards, StoreResult};
 use crate::domain::{BrowserSourceToken, ParticipantId};
-use crate::idempotency::{Claim, ClaimColumns, IdempotencyConfig};
+use crate::idempotency::{self, Claim, ClaimColumns, IdempotencyConfig, KeyHeld};
 use crate::reply::Outcome;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
@@ -102,10 +102,6 @@ async fn find_by_pair(conn: &mut PgConnection, campaign: &str, streamer: &str) -
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Participation>> {
     Ok(sqlx::query_as!(Participation, "SELECT * FROM participations WHERE id = $1", id).fetch_optional(conn).await?)
 }
-
-/// A key of a batch already has a record (a retry, or a request that another process ran
-/// meanwhile): [`apply`] wrote nothing.
-pub struct KeyHeld;
 
 /// How [`apply`] ended.
 pub enum Applied {
@@ -276,14 +272,7 @@ pub async fn apply(
     .fetch_optional(conn)
     .await;
     let row = match row {
-        // A unique violation that names no constraint (Citus may drop the name) can only be
-        // this one too: no other row the statement inserts has a key a client chooses.
-        Err(sqlx::Error::Database(e))
-            if sqlstate(e.as_ref()).as_deref() == Some("23505")
-                && named_constraint(e.as_ref()).is_none_or(|named| is_constraint(named, "idempotency_keys_pkey")) =>
-        {
-            return Ok(Err(KeyHeld))
-        }
+        Err(error) if idempotency::is_key_held(&error) => return Ok(Err(KeyHeld)),
         row => row.map_err(rejects(COUNTER_GUARDS))?,
     };
     let Some(row) = row else { return Ok(Ok(Applied::Unknown)) };

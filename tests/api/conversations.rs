@@ -223,7 +223,7 @@ async fn absent_fields_keep_and_null_clears() {
 }
 
 /// Each subset of the fields save-analysis takes has an upsert statement of its own
-/// (`store::upsert_statement`; upload-audio's, which also set the audio, run in the upload
+/// (`store::statements`; upload-audio's, which also set the audio, run in the upload
 /// tests): each changes only the fields it sends, keeps the others, and a repeat changes nothing.
 #[tokio::test]
 async fn every_subset_of_fields_is_saved_and_only_its_fields_change() {

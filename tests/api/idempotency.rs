@@ -95,7 +95,7 @@ async fn retried_clicks_count_once_and_replays_are_byte_identical() {
     assert_eq!(app.count("SELECT count(*) FROM participation_events").await, 500);
 }
 
-/// Keyed save-analysis upserts share their batch's transaction, and each stores its own answer
+/// Keyed save-analysis upserts share their batch's statement, and each records its own answer
 /// there: six logical writes to each of 50 conversations, some sent twice or three times, apply
 /// once each (a transcript of their own: a write applied twice would add a version) and are
 /// answered with the row as they left it, every copy with the bytes of the one that ran.
@@ -129,10 +129,10 @@ async fn retried_save_analysis_upserts_apply_once_and_replays_are_byte_identical
     assert!(transactions < 300, "the 300 keyed upserts were stored by {transactions} transactions");
 }
 
-/// Keyed upserts record their keys in their batch's transaction, with no claim before: a
+/// Keyed upserts record their keys in their batch's statement, with no claim before: a
 /// duplicate sent while the first is in flight waits for it and replays it, and a batch that
 /// meets a key another request holds (a retry, or the key under another body) goes again
-/// without that write, as one transaction still, while that write is answered from the record.
+/// without that write, as one statement still, while that write is answered from the record.
 #[tokio::test]
 async fn a_keyed_upsert_whose_key_is_held_leaves_its_batch_and_is_answered_from_the_record() {
     let app = TestApp::spawn().await;
@@ -183,6 +183,51 @@ async fn a_keyed_upsert_whose_key_is_held_leaves_its_batch_and_is_answered_from_
     if app.count("SELECT count(*) FROM pg_extension WHERE extname = 'citus'").await == 0 {
         assert_eq!(transactions.await, 1);
     }
+}
+
+/// A keyed save-analysis that writes keeps its row in its record (its statement has no
+/// rendered answer to store), one that changes nothing keeps its body; each replays with the
+/// bytes and headers of its original, the audio file of an uploaded conversation included, and
+/// a record past its TTL lets its key run again.
+#[tokio::test]
+async fn keyed_save_analysis_records_replay_from_their_row_or_body_and_expire() {
+    let app = TestApp::spawn().await;
+    let wav = crate::upload::sine_wav(16_000, 1, 0.5, 0.25);
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", "kept")
+        .part("audio", reqwest::multipart::Part::bytes(wav).file_name("a.wav"));
+    assert_eq!(app.upload_audio(form).await.status(), 201);
+    let send = |key: &str, transcript: &str| {
+        let request = app.client.post(app.url("/api/save-analysis")).header("idempotency-key", key);
+        request.json(&json!({"session_id": "kept", "transcript": transcript})).send()
+    };
+    let answer = |response: reqwest::Response| async move {
+        let headers = response.headers();
+        let named = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        let seen = (response.status().as_u16(), named("upsert-outcome"), named("etag"));
+        (seen, named("idempotent-replayed").is_some(), response.bytes().await.unwrap())
+    };
+    let updated = answer(send("k-update", "one").await.unwrap()).await;
+    assert_eq!((&updated.0, updated.1), (&(200, Some("updated".into()), Some("\"2\"".into())), false));
+    let body: Value = serde_json::from_slice(&updated.2).unwrap();
+    assert!(body["audio"]["sha256"].is_string(), "the answer holds the audio file: {body}");
+    let unchanged = answer(send("k-same", "one").await.unwrap()).await;
+    assert_eq!((&unchanged.0, unchanged.1), (&(200, Some("unchanged".into()), Some("\"2\"".into())), false));
+    for (key, transcript, original) in [("k-update", "one", &updated), ("k-same", "one", &unchanged)] {
+        let replay = answer(send(key, transcript).await.unwrap()).await;
+        assert_eq!((&replay.0, replay.1, &replay.2), (&original.0, true, &original.2), "{key} replays");
+    }
+    let layout = "SELECT count(*) FROM idempotency_keys
+                  WHERE (key = 'k-update' AND response_row IS NOT NULL AND response_body IS NULL)
+                     OR (key = 'k-same' AND response_row IS NULL AND response_body IS NOT NULL)";
+    assert_eq!(app.count(layout).await, 2, "a write keeps its row, an unchanged answer its body");
+
+    let expire = "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = 'k-update'";
+    sqlx::query(expire).execute(&app.pool).await.unwrap();
+    let again = answer(send("k-update", "two").await.unwrap()).await;
+    assert_eq!((again.0 .0, again.1), (200, false), "an expired key runs again, under another body");
+    let stored: Value = app.get_conversation("kept").await.json().await.unwrap();
+    assert_eq!((stored["transcript"].as_str(), stored["version"].as_i64()), (Some("two"), Some(3)));
 }
 
 fn assert_problem_status((status, replayed, body): (u16, bool, bytes::Bytes), expected: u16, code: &str) {
