@@ -12,8 +12,10 @@
 //!   TTL), then commits. A key that comes back unrecorded is held by another request: the
 //!   transaction rolls back, and that request's record answers (a replay, or 422 when the
 //!   fingerprint - method, path, body - differs). A duplicate of a request still running waits
-//!   on the first's index entry and then replays it: no polling, no lease. Save-analysis runs
-//!   the same steps for a coalesced batch (`conversations::batcher`). An answer given without
+//!   on the first's index entry and then replays it: no polling, no lease. A coalesced batch of
+//!   save-analysis upserts goes further: one autocommit statement writes the rows and inserts
+//!   their records, each keeping its row to render the answer from, as counter writes do
+//!   ([`Kept::Own`], `conversations::batcher`). An answer given without
 //!   writing (a create-or-get that found its row, a 4xx) needs no transaction: its record goes
 //!   with other keys' in one coalesced insert ([`Claims`]).
 //! - **Counter writes** ([`Keys::IN_STATEMENT`]): their batch's one statement inserts the keys'
