@@ -12,11 +12,7 @@ async fn concurrent_creates_of_existing_conversations_each_get_their_own() {
 #[tokio::test]
 async fn upload_then_save_analysis_make_one_conversation() {
     let app = TestApp::spawn().await;
-    let wav = crate::upload::sine_wav(16_000, 1, 0.5, 0.25);
-    let form = reqwest::multipart::Form::new()
-        .text("session_id", "legacy-1")
-        .text("transcript", "ni hao")
-        .part("audio", reqwest::multipart::Part::bytes(wav).file_name("a.wav"));
+    let form = crate::upload::tone_form("legacy-1").text("transcript", "ni hao");
     let first = app.upload_audio(form).await;
     assert_eq!(first.status(), 201, "the first step inserts");
     let second = app.save_analysis(json!({"session_id": "legacy-1", "analysis": {"score": 7}})).await;

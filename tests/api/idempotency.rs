@@ -192,11 +192,7 @@ async fn a_keyed_upsert_whose_key_is_held_leaves_its_batch_and_is_answered_from_
 #[tokio::test]
 async fn keyed_save_analysis_records_replay_from_their_row_or_body_and_expire() {
     let app = TestApp::spawn().await;
-    let wav = crate::upload::sine_wav(16_000, 1, 0.5, 0.25);
-    let form = reqwest::multipart::Form::new()
-        .text("session_id", "kept")
-        .part("audio", reqwest::multipart::Part::bytes(wav).file_name("a.wav"));
-    assert_eq!(app.upload_audio(form).await.status(), 201);
+    assert_eq!(app.upload_audio(crate::upload::tone_form("kept")).await.status(), 201);
     let send = |key: &str, transcript: &str| {
         let request = app.client.post(app.url("/api/save-analysis")).header("idempotency-key", key);
         request.json(&json!({"session_id": "kept", "transcript": transcript})).send()

@@ -18,6 +18,12 @@ pub fn sine_wav(sample_rate: u32, channels: u16, seconds: f64, amplitude: f64) -
     cursor.into_inner()
 }
 
+/// An upload of half a second of a 440 Hz tone for `session_id` (more fields may be added).
+pub fn tone_form(session_id: &str) -> Form {
+    let wav = sine_wav(16_000, 1, 0.5, 0.25);
+    Form::new().text("session_id", session_id.to_owned()).part("audio", Part::bytes(wav).file_name("a.wav"))
+}
+
 fn form(bytes: Vec<u8>) -> Form {
     Form::new().part("audio", Part::bytes(bytes).file_name("clip"))
 }
