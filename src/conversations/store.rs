@@ -138,9 +138,9 @@ pub async fn upsert_many(
 /// records, where `BEGIN`, the upsert, the records with their rendered answers and `COMMIT`
 /// took four (bench/PROFILE.md, twelfth round).
 ///
-/// The records are plain inserts, in key order: a key that already has one (a retry, or the
-/// key under another body) fails the whole statement, which writes nothing, and the caller
-/// learns it as [`KeyHeld`]. A write that changed nothing gets no record here: its answer is
+/// The records are plain inserts, in primary-key order: a key that already has one (a retry,
+/// or the key under another body) fails the whole statement, which writes nothing, and the
+/// caller learns it as [`KeyHeld`]. A write that changed nothing gets no record here: its answer is
 /// the row as read after the statement, which the caller records itself.
 pub async fn upsert_recorded(
     conn: &mut PgConnection,
@@ -186,7 +186,8 @@ async fn upsert_rows(
             .bind(&keys.shard)
             .bind(&keys.fingerprint)
             .bind(&keys.claim_id)
-            .bind(ttl);
+            .bind(ttl)
+            .bind(&keys.digest);
     }
     query.fetch_all(&mut *conn).await
 }
@@ -292,16 +293,16 @@ fn statements(shape: Shape) -> &'static Statements {
                 let keyed = format!(
                     "WITH up AS ({plain}), recorded AS (
                          INSERT INTO idempotency_keys
-                             (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
-                              response_status, response_row, completed_at)
-                         SELECT k.scope, k.key, k.method, k.path, k.shard, k.fingerprint, k.claim_id, now(),
+                             (scope, key, method, path, shard, digest, fingerprint, claim_id, locked_until,
+                              expires_at, response_status, response_row, completed_at)
+                         SELECT k.scope, k.key, k.method, k.path, k.shard, k.digest, k.fingerprint, k.claim_id, now(),
                                 now() + make_interval(secs => $15::float8 / 1000),
                                 CASE WHEN up.version = 1 THEN 201 ELSE 200 END, to_jsonb(up), now()
                          FROM unnest($2::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::uuid[],
-                                     $13::bytea[], $14::uuid[])
-                                  AS k (session_id, scope, key, method, path, shard, fingerprint, claim_id)
+                                     $13::bytea[], $14::uuid[], $16::bytea[])
+                                  AS k (session_id, scope, key, method, path, shard, fingerprint, claim_id, digest)
                               JOIN up USING (session_id)
-                         ORDER BY k.key, k.path, k.method, k.scope, k.shard
+                         ORDER BY k.shard, k.digest
                      )
                      SELECT * FROM up"
                 );

@@ -128,11 +128,14 @@ async fn guard(
     let target = routed_target(&req);
     let fingerprint = fingerprint(req.method().as_str(), &target, boundary.as_deref(), &body);
     req.set_payload(Payload::from(body));
+    let scope = req.extensions().get::<Scope>().map(|s| s.0.clone()).unwrap_or_default();
+    let method = req.method().to_string();
     let claim = Claim {
-        scope: req.extensions().get::<Scope>().map(|s| s.0.clone()).unwrap_or_default(),
         shard: shard(policy, &req, key.as_str()),
+        digest: super::claim::digest(&scope, &method, &target, key.as_str()),
+        scope,
         key: key.as_str().to_owned(),
-        method: req.method().to_string(),
+        method,
         path: target,
         claim_id: uuid::Uuid::new_v4(),
         deferred: policy.claimed_in_statement,

@@ -45,6 +45,7 @@ pub struct ClaimColumns<'a> {
     pub method: Vec<&'a str>,
     pub path: Vec<&'a str>,
     pub shard: Vec<Uuid>,
+    pub digest: Vec<&'a [u8]>,
     pub fingerprint: Vec<&'a [u8]>,
     pub claim_id: Vec<Uuid>,
 }
@@ -58,6 +59,7 @@ impl<'a> ClaimColumns<'a> {
             method: text(|c| &c.method),
             path: text(|c| &c.path),
             shard: claims.iter().map(|c| c.shard).collect(),
+            digest: claims.iter().map(|c| c.digest.as_slice()).collect(),
             fingerprint: claims.iter().map(|c| c.fingerprint.as_slice()).collect(),
             claim_id: claims.iter().map(|c| c.claim_id).collect(),
         }
@@ -71,8 +73,9 @@ fn millis(d: Duration) -> i64 {
 /// Claims the keys (distinct ones), taking over claims whose lease ran out and records past
 /// their TTL; returns the `claim_id`s that won. A claim given with an answer is recorded as
 /// answered at once: an answer given without a write (coalesced, `Claims`), or one
-/// whose write runs in the same transaction ([`record`]). Rows are claimed in key order, so two
-/// statements claiming the same keys lock them in the same order and cannot deadlock.
+/// whose write runs in the same transaction ([`record`]). Rows are claimed in primary-key
+/// order, so two statements claiming the same keys lock them in the same order and cannot
+/// deadlock.
 pub async fn claim_many(
     conn: &mut PgConnection,
     claims: &[(&Claim, Option<&StoredResponse>)],
@@ -82,16 +85,16 @@ pub async fn claim_many(
     let answers = || claims.iter().map(|(_, answer)| *answer);
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys AS k
-               (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
+               (scope, key, method, path, shard, digest, fingerprint, claim_id, locked_until, expires_at,
                 response_status, response_headers, response_body, completed_at)
-           SELECT scope, key, method, path, shard, fingerprint, claim_id,
+           SELECT scope, key, method, path, shard, digest, fingerprint, claim_id,
                   now() + make_interval(secs => $7::float8 / 1000), now() + make_interval(secs => $8::float8 / 1000),
                   status, headers, body, CASE WHEN status IS NOT NULL THEN now() END
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::uuid[], $9::uuid[],
-                       $10::int2[], $11::jsonb[], $12::bytea[])
-                AS i (scope, key, method, path, fingerprint, claim_id, shard, status, headers, body)
-           ORDER BY key, path, method, scope, shard
-           ON CONFLICT (scope, method, path, key, shard) DO UPDATE
+                       $10::int2[], $11::jsonb[], $12::bytea[], $13::bytea[])
+                AS i (scope, key, method, path, fingerprint, claim_id, shard, status, headers, body, digest)
+           ORDER BY shard, digest
+           ON CONFLICT (shard, digest) DO UPDATE
            SET fingerprint = EXCLUDED.fingerprint, claim_id = EXCLUDED.claim_id,
                locked_until = EXCLUDED.locked_until, expires_at = EXCLUDED.expires_at,
                response_status = EXCLUDED.response_status, response_headers = EXCLUDED.response_headers,
@@ -112,6 +115,7 @@ pub async fn claim_many(
         &answers().map(|a| a.map(|a| a.status as i16)).collect::<Vec<_>>() as &[Option<i16>],
         &answers().map(|a| a.map(headers_json)).collect::<Vec<_>>() as &[Option<serde_json::Value>],
         &answers().map(|a| a.map(|a| a.body.as_slice())).collect::<Vec<_>>() as &[Option<&[u8]>],
+        &columns.digest as &[&[u8]],
     )
     .fetch_all(conn)
     .await?)
@@ -191,12 +195,9 @@ pub async fn inspect(pool: &PgPool, claim: &Claim) -> ApiResult<Claimed> {
                   response_row_patch,
                   extract(epoch FROM greatest(locked_until - now(), interval '0'))::float8 AS "remaining_secs!"
            FROM idempotency_keys
-           WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND shard = $5"#,
-        claim.scope,
-        claim.method,
-        claim.path,
-        claim.key,
+           WHERE shard = $1 AND digest = $2"#,
         claim.shard,
+        &claim.digest[..],
     )
     .fetch_optional(pool)
     .await?
@@ -246,22 +247,18 @@ pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<
     let columns = ClaimColumns::of(claims);
     Ok(sqlx::query_scalar!(
         r#"WITH i AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[])
-                   AS i (scope, key, method, path, claim_id, shard)
+               SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::uuid[]) AS i (shard, digest, claim_id)
            ), freed AS (
                DELETE FROM idempotency_keys k USING i
-               WHERE (k.scope, k.method, k.path, k.key, k.shard) = (i.scope, i.method, i.path, i.key, i.shard)
+               WHERE (k.shard, k.digest) = (i.shard, i.digest)
                  AND (k.expires_at < now() OR (k.response_status IS NULL AND k.locked_until < now()))
                RETURNING i.claim_id
            )
-           SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (scope, method, path, key, shard)
+           SELECT i.claim_id AS "claim_id!" FROM i JOIN idempotency_keys k USING (shard, digest)
            WHERE i.claim_id NOT IN (SELECT claim_id FROM freed)"#,
-        &columns.scope as &[&str],
-        &columns.key as &[&str],
-        &columns.method as &[&str],
-        &columns.path as &[&str],
-        &columns.claim_id,
         &columns.shard,
+        &columns.digest as &[&[u8]],
+        &columns.claim_id,
     )
     .fetch_all(conn)
     .await?)
@@ -273,17 +270,14 @@ pub async fn held_keys(conn: &mut PgConnection, claims: &[&Claim]) -> ApiResult<
 pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredResponse) -> ApiResult<bool> {
     let stored = sqlx::query!(
         "UPDATE idempotency_keys
-         SET response_status = $6, response_headers = $7, response_body = $8, completed_at = now()
-         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND claim_id = $5 AND shard = $9",
-        claim.scope,
-        claim.method,
-        claim.path,
-        claim.key,
+         SET response_status = $4, response_headers = $5, response_body = $6, completed_at = now()
+         WHERE shard = $1 AND digest = $2 AND claim_id = $3",
+        claim.shard,
+        &claim.digest[..],
         claim.claim_id,
         response.status as i16,
         headers_json(response),
         response.body,
-        claim.shard,
     )
     .execute(conn)
     .await?;
@@ -294,13 +288,9 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, response: &StoredR
 pub async fn release(pool: &PgPool, claim: &Claim) -> ApiResult<()> {
     sqlx::query!(
         "DELETE FROM idempotency_keys
-         WHERE scope = $1 AND method = $2 AND path = $3 AND key = $4 AND shard = $5 AND claim_id = $6
-           AND response_status IS NULL",
-        claim.scope,
-        claim.method,
-        claim.path,
-        claim.key,
+         WHERE shard = $1 AND digest = $2 AND claim_id = $3 AND response_status IS NULL",
         claim.shard,
+        &claim.digest[..],
         claim.claim_id,
     )
     .execute(pool)
@@ -328,11 +318,10 @@ pub async fn purge_expired(pool: &PgPool) -> ApiResult<u64> {
         let deleted = sqlx::query!(
             r#"WITH records AS (
                    DELETE FROM idempotency_keys k
-                   USING (SELECT key, path, method, scope, shard FROM idempotency_keys
+                   USING (SELECT shard, digest FROM idempotency_keys
                           WHERE expires_at < now() AND (response_status IS NOT NULL OR locked_until < now())
                           LIMIT $1) expired
-                   WHERE k.key = expired.key AND k.path = expired.path AND k.method = expired.method
-                     AND k.scope = expired.scope AND k.shard = expired.shard
+                   WHERE k.shard = expired.shard AND k.digest = expired.digest
                      AND k.expires_at < now() AND (k.response_status IS NOT NULL OR k.locked_until < now())
                    RETURNING 1
                ), answer_rows AS (

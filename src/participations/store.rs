@@ -147,8 +147,8 @@ const COUNTER_GUARDS: Guards = &[
 ///
 /// `claims` pairs each claim with the index of its write. The records are plain inserts: a
 /// key that already has one (a retry) fails the whole statement, and the caller learns it as
-/// [`KeyHeld`]. They are inserted in key order, so two processes inserting the same keys wait
-/// for each other in one order, never a deadlock.
+/// [`KeyHeld`]. They are inserted in primary-key order, so two processes inserting the same
+/// keys wait for each other in one order, never a deadlock.
 ///
 /// The mean viewer count is `total / samples` of two exact integers, so samples arriving
 /// concurrently give the same mean as the same samples in any order.
@@ -220,15 +220,15 @@ pub async fn apply(
                RETURNING id, expires_at
            ), recorded AS (
                INSERT INTO idempotency_keys
-                   (scope, key, method, path, shard, fingerprint, claim_id, locked_until, expires_at,
+                   (scope, key, method, path, shard, digest, fingerprint, claim_id, locked_until, expires_at,
                     response_status, response_row_id, response_row_patch, completed_at)
-               SELECT i.scope, i.key, i.method, i.path, i.shard, i.fingerprint, i.claim_id, now(), answer.expires_at,
-                      $17::int2, answer.id, i.patch, now()
+               SELECT i.scope, i.key, i.method, i.path, i.shard, i.digest, i.fingerprint, i.claim_id, now(),
+                      answer.expires_at, $17::int2, answer.id, i.patch, now()
                FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::uuid[],
-                           $27::jsonb[], $28::uuid[])
-                        AS i (scope, key, method, path, fingerprint, claim_id, patch, shard),
+                           $27::jsonb[], $28::uuid[], $30::bytea[])
+                        AS i (scope, key, method, path, fingerprint, claim_id, patch, shard, digest),
                     answer
-               ORDER BY i.key, i.path, i.method, i.scope, i.shard
+               ORDER BY i.shard, i.digest
            )
            SELECT b.id AS "id!", b.campaign_id AS "campaign_id!", b.streamer_id AS "streamer_id!",
                   b.browser_source_token AS "browser_source_token!", b.impressions AS "impressions!",
@@ -268,6 +268,7 @@ pub async fn apply(
         &patches,
         &keys.shard,
         Uuid::now_v7(),
+        &keys.digest as &[&[u8]],
     )
     .fetch_optional(conn)
     .await;

@@ -98,14 +98,14 @@ async fn every_kind_of_corruption_is_reported_with_its_table_key_and_rows() {
              INSERT INTO chats (id, participants, participants_key) VALUES (gen_random_uuid(), '{{a_b,c}}', 'a_b_c');
              INSERT INTO participations (id, campaign_id, streamer_id, browser_source_token, impressions, clicks)
                  VALUES ('{participation}', 'camp', 'streamer', repeat('c', 64), -1, 5);
-             INSERT INTO idempotency_keys (scope, key, method, path, shard, fingerprint, claim_id, locked_until,
-                                           expires_at)
-                 VALUES ('', 'dead-request', 'POST', '/api/chats', gen_random_uuid(), '\\x00', gen_random_uuid(),
-                         now() - interval '1 minute', now() + interval '1 day');
-             INSERT INTO idempotency_keys (scope, key, method, path, shard, fingerprint, claim_id, locked_until,
-                                           expires_at, response_status, response_row_id, completed_at)
-                 VALUES ('', 'answer-gone', 'POST', '/api/participations/x/clicks', gen_random_uuid(), '\\x00',
-                         gen_random_uuid(), now(), now() + interval '1 day', 200, gen_random_uuid(), now());"
+             INSERT INTO idempotency_keys (scope, key, method, path, shard, digest, fingerprint, claim_id,
+                                           locked_until, expires_at)
+                 VALUES ('', 'dead-request', 'POST', '/api/chats', gen_random_uuid(), '\\x01', '\\x00',
+                         gen_random_uuid(), now() - interval '1 minute', now() + interval '1 day');
+             INSERT INTO idempotency_keys (scope, key, method, path, shard, digest, fingerprint, claim_id,
+                                           locked_until, expires_at, response_status, response_row_id, completed_at)
+                 VALUES ('', 'answer-gone', 'POST', '/api/participations/x/clicks', gen_random_uuid(), '\\x02',
+                         '\\x00', gen_random_uuid(), now(), now() + interval '1 day', 200, gen_random_uuid(), now());"
         ),
     )
     .await;

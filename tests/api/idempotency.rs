@@ -686,3 +686,51 @@ async fn records_live_beside_their_rows_and_migration_21_places_old_ones_where_t
     let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
     assert_eq!(stored["clicks"].as_i64(), Some(3), "every click counted once");
 }
+
+/// A record's primary key is (shard, digest) (migration 23): the digest upsertd computes of
+/// scope, method, path and key is the one the migration derives for the records it finds, for
+/// a key with a backslash and a path with characters beyond ASCII too, so every record written
+/// before it still replays.
+#[tokio::test]
+async fn records_are_keyed_by_digest_and_migration_23_derives_the_same_for_old_ones() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let clicks = app.url(&format!("/api/participations/{id}/clicks"));
+    let chats = app.url("/api/chats");
+    let save = app.url("/api/save-analysis");
+    let append = app.url("/api/conversations/s%C3%A9ance/messages");
+    let requests: [(&str, &str, Value); 4] = [
+        (&clicks, "click", json!({"type": "chat"})),
+        (&chats, r"back\slash", json!({"participants": ["p", "q"]})),
+        (&save, "save", json!({"session_id": "digest", "transcript": "t"})),
+        (&append, "append", json!({"messages": [{"role": "user", "text": "hi"}]})),
+    ];
+    let mut first = Vec::new();
+    for (url, key, body) in &requests {
+        first.push(send_keyed(&app.client, url, key, body).await);
+    }
+    let paths: Vec<String> =
+        sqlx::query_scalar("SELECT path FROM idempotency_keys ORDER BY key").fetch_all(&app.pool).await.unwrap();
+    assert!(paths.contains(&"/api/conversations/séance/messages".to_owned()), "a decoded path: {paths:?}");
+    let migration = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/20261122000023_idempotency_keys_by_digest.sql"),
+    )
+    .unwrap();
+    let at = migration.find("UPDATE idempotency_keys SET digest").expect("migration 23 derives the digest");
+    let derive = &migration[at..at + migration[at..].find(';').unwrap()];
+    let formula = &derive[derive.find("= ").unwrap() + 2..];
+    let unchanged = format!("SELECT count(*) FROM idempotency_keys WHERE digest = ({formula})");
+    assert_eq!(app.count(&unchanged).await, requests.len() as i64, "upsertd's digest is the migration's");
+    sqlx::raw_sql("UPDATE idempotency_keys SET digest = decode(md5(random()::text), 'hex')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(derive).execute(&app.pool).await.unwrap();
+    for ((url, key, body), first) in requests.iter().zip(&first) {
+        let again = send_keyed(&app.client, url, key, body).await;
+        assert_eq!((again.status, again.replayed, &again.body), (first.status, true, &first.body), "{key} replays");
+    }
+    let stored: Value = app.get(&format!("/api/participations/{id}")).await.json().await.unwrap();
+    assert_eq!(stored["clicks"].as_i64(), Some(1), "the click counted once");
+}
