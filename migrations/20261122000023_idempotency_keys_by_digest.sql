@@ -7,11 +7,11 @@
 -- the SHA-256 of scope, method, path and key joined by newlines, which none of the four can
 -- hold (a key is visible ASCII, a path holding a control character is stored as its own
 -- digest, `guard::routed_target`), so one identity has one digest. About 40 bytes an entry.
--- upsertd computes the same (`idempotency::Claim::digest`). Two identities sharing a digest
+-- upsertd computes the same (`idempotency::claim::digest`). Two identities sharing a digest
 -- (2^-64 odds among 2^32 records) would share a record, as one key would.
 --
 -- Measured on the development machine (bench/PROFILE.md, thirteenth round), keyed clicks at 64
--- connections on a table of 2.5 million records: 19,300-22,400 req/s with this key against
+-- connections on a table of 1.75 million records: 19,300-22,400 req/s with this key against
 -- 16,000-17,600 with the wide one.
 --
 -- The backfill rewrites every record and the new key is built from scratch, with the table
