@@ -35,7 +35,8 @@ struct Write {
 /// What a batch tells each of its writes. The write's own request renders its answer from
 /// it, on its own worker: the lane's drain, which the next batch waits for, does not.
 enum Told {
-    /// Applied: the row before the batch, and the batch's sums up to this write.
+    /// Applied: the row before the batch, and the batch's sums up to this write (for a write
+    /// that came alone, the row after it and no sums).
     Counted(Arc<Participation>, Prefix),
     /// Its key is held by an earlier request (a retry): answered from that request's record.
     Held(Claim),
@@ -169,11 +170,13 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
                 fitting = usize::MAX;
                 let before: Arc<Participation> = Arc::from(before);
                 for (job, prefix) in pending.drain(..take).zip(prefixes) {
-                    if let Some(claim) = &job.input.claim {
-                        claim.mark_completed();
-                    }
-                    job.answer(Ok(Told::Counted(before.clone(), prefix)));
+                    counted(job, before.clone(), prefix);
                 }
+            }
+            // Its answer is the row itself: the row plus nothing.
+            Ok(Ok(Applied::Alone(after))) => {
+                fitting = usize::MAX;
+                counted(pending.remove(0), Arc::from(after), Prefix::default());
             }
             // Nothing was written: the writes before the first that overflows the locked row
             // go next; that one, once first in line, is refused.
@@ -228,6 +231,14 @@ async fn write(pool: &PgPool, config: IdempotencyConfig, id: Uuid, mut pending: 
         let claim = job.input.claim.take().expect("only a keyed write is held");
         job.answer(Ok(Told::Held(claim)));
     }
+}
+
+/// Answers an applied write with the row its answer is rendered from and its prefix.
+fn counted(job: Job, row: Arc<Participation>, prefix: Prefix) {
+    if let Some(claim) = &job.input.claim {
+        claim.mark_completed();
+    }
+    job.answer(Ok(Told::Counted(row, prefix)));
 }
 
 /// Every write left gets the error of a failure that belongs to all (the database is down).

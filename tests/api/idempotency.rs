@@ -441,6 +441,48 @@ async fn a_counter_answer_replayed_from_its_recorded_row_is_byte_identical() {
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1, "the expired record gave way");
 }
 
+/// What a counter key answered, read the way docs/operating.md shows operators: the answer row
+/// plus the record's prefix. A write that came alone keeps the row it left and an empty prefix,
+/// a write in a batch the row before the batch and its sums; both read as their answer.
+#[tokio::test]
+async fn an_operator_reads_each_counter_key_s_answer_from_its_record_alone_or_batched() {
+    let app = TestApp::spawn().await;
+    let id = app.participation("c", "s").await["id"].as_str().unwrap().to_owned();
+    let clicks = app.url(&format!("/api/participations/{id}/clicks"));
+    let click = |key: String| {
+        let (client, clicks) = (app.client.clone(), clicks.clone());
+        async move {
+            let answer = send_keyed(&client, &clicks, &key, &json!({"type": "chat"})).await;
+            assert_eq!(answer.status, 200);
+            (key, serde_json::from_slice::<Value>(&answer.body).unwrap()["clicks"].as_i64().unwrap())
+        }
+    };
+    let mut answered: HashMap<String, i64> = HashMap::new();
+    for n in 0..5 {
+        answered.extend([click(format!("alone-{n}")).await]);
+    }
+    answered.extend(
+        stream::iter(0..200).map(|n| click(format!("batched-{n}"))).buffer_unordered(64).collect::<Vec<_>>().await,
+    );
+    let read: HashMap<String, i64> = sqlx::query_as(
+        "SELECT k.key,
+                (a.participation->>'clicks')::bigint + coalesce((k.response_row_patch->>'clicks')::bigint, 0) AS clicks
+         FROM idempotency_keys k JOIN idempotency_answer_rows a ON a.id = k.response_row_id
+         WHERE k.path LIKE '/api/participations/%/clicks'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(read, answered);
+    let (answer_rows, records) = (
+        app.count("SELECT count(*) FROM idempotency_answer_rows").await,
+        app.count("SELECT count(*) FROM idempotency_keys").await,
+    );
+    assert!(answer_rows < records - 5, "the concurrent writes shared answer rows: {answer_rows} for {records}");
+}
+
 /// Counter answer rows get ids in the order of their batches (UUIDv7), so their primary key
 /// grows at one end instead of changing a random page per batch (and logging it whole after
 /// each checkpoint).
