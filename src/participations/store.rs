@@ -133,7 +133,8 @@ const COUNTER_GUARDS: Guards = &[
 ///
 /// `moved` adds the batch's totals (`$2`-`$10`, [`Prefix`]) to the row `target` names (`$1`
 /// is the participation), only if they fit every column: an `UPDATE` that matches nothing
-/// wrote nothing. The answer's columns come from the row `$from` names, as `b`, stamped with
+/// wrote nothing. It names `$1` too, which is how Citus sends it to one shard only; joined to
+/// `target` alone, it ran on all 32. The answer's columns come from the row `$from` names, as `b`, stamped with
 /// the statement's time, with `applied`. `$head` defines `target` and what comes before
 /// `moved`, `$tail` what comes after; their own parameters start at `$11`. Evaluates to the
 /// row and `applied`, if the statement returned one. (A macro: `query!` takes only literals,
@@ -158,7 +159,7 @@ macro_rules! counter_statement {
                    peak_viewer_count = GREATEST(p.peak_viewer_count, coalesce($10::bigint, 0)),
                    updated_at = now()
                FROM target t
-               WHERE p.id = t.id
+               WHERE p.id = $1 AND p.id = t.id
                  AND $2::bigint <= 9223372036854775807 - p.impressions
                  AND $3::bigint <= 9223372036854775807 - p.clicks
                  AND $4::bigint <= 9223372036854775807 - p.chat_clicks

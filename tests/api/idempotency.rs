@@ -467,7 +467,8 @@ async fn an_operator_reads_each_counter_key_s_answer_from_its_record_alone_or_ba
     let read: HashMap<String, i64> = sqlx::query_as(
         "SELECT k.key,
                 (a.participation->>'clicks')::bigint + coalesce((k.response_row_patch->>'clicks')::bigint, 0) AS clicks
-         FROM idempotency_keys k JOIN idempotency_answer_rows a ON a.id = k.response_row_id
+         FROM idempotency_keys k
+         JOIN idempotency_answer_rows a ON a.shard = k.shard AND a.id = k.response_row_id
          WHERE k.path LIKE '/api/participations/%/clicks'",
     )
     .fetch_all(&app.pool)
