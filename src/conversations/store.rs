@@ -281,7 +281,7 @@ struct Statements {
 
 /// One statement in two forms: for many rows, each parameter an array of their values; for
 /// one, each its value. A lone write (every write, when one client writes at a time) then
-/// writes no arrays to unpack and no rows to sort: about 15 µs less of PostgreSQL and 5-8%
+/// sends no arrays to unpack and no rows to sort: about 15 µs less of PostgreSQL and 5-8%
 /// more requests at one connection (bench/PROFILE.md, sixteenth round). On Citus, a
 /// single-row `INSERT ... VALUES` runs on its shard, where an `INSERT ... SELECT` is pulled
 /// through the coordinator.
